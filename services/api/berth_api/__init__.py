@@ -1,0 +1,1 @@
+"""Berth API: serves scikit-learn bundles over REST and records every served row in the ledger."""

@@ -1,0 +1,68 @@
+"""The API application: `create_app(settings)` builds it; the lifespan owns every connection."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+from fastapi import FastAPI
+from redis.asyncio import Redis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from sqlalchemy import create_engine
+from starlette.concurrency import run_in_threadpool
+
+from berth_api import __doc__ as package_doc
+from berth_api.deps import ApiState
+from berth_api.errors import install_error_handlers
+from berth_api.middleware import RequestIdMiddleware
+from berth_api.publisher import RedisGateway
+from berth_api.registry import ModelRegistry
+from berth_api.routes import health, models, predict, predictions
+from berth_api.service import PredictionService
+from berth_common.logconfig import configure_logging
+from berth_common.settings import ApiSettings, load_or_exit
+
+
+def redis_client(settings: ApiSettings) -> Redis:
+    """A client that fails fast: a slow Redis must cost a request milliseconds, not seconds."""
+    timeout = settings.redis_timeout_seconds
+    return Redis(
+        **settings.redis_kwargs(),  # type: ignore[arg-type]
+        socket_timeout=timeout,
+        socket_connect_timeout=timeout,
+        retry=Retry(NoBackoff(), 1),
+        health_check_interval=30,
+    )
+
+
+def create_app(settings: ApiSettings | None = None) -> FastAPI:
+    settings = settings or load_or_exit(ApiSettings)
+    configure_logging(settings.log_level, settings.log_format)
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[dict[str, Any]]:
+        registry = await run_in_threadpool(ModelRegistry.load, settings)
+        redis = redis_client(settings)
+        engine = create_engine(settings.database_url, pool_pre_ping=True, pool_size=4)
+        gateway = RedisGateway(redis, settings.ledger_stream, settings.cache_ttl_seconds)
+        service = PredictionService(
+            gateway, settings.redis_key_prefix, settings.max_batch_rows, settings.max_string_length
+        )
+        yield {"berth": ApiState(settings, registry, service, redis, engine)}
+        await redis.aclose()
+        engine.dispose()
+
+    app = FastAPI(
+        title="Berth",
+        summary="scikit-learn models over REST, every prediction recorded in PostgreSQL",
+        description=package_doc or "",
+        version="0.1.0",
+        lifespan=lifespan,
+    )
+    install_error_handlers(app)
+    for module in (predict, models, predictions, health):
+        app.include_router(module.router)
+    app.add_middleware(RequestIdMiddleware, access_log=settings.access_log)
+    return app

@@ -1,0 +1,36 @@
+"""Per-row prediction cache in Redis.
+
+The key is the model's name and version plus a hash of the row's canonical JSON, so equal rows
+share an entry however the client spelled them (a list or an object, 5 or 5.0), and a new model
+version never sees its predecessor's answers.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Any
+
+from berth_api.features import Value
+from berth_api.predictor import ModelOutput
+
+
+def cache_key(prefix: str, model_name: str, model_version: str, row: list[Value]) -> str:
+    canonical = json.dumps(row, separators=(",", ":"), ensure_ascii=False)
+    digest = hashlib.sha256(canonical.encode()).hexdigest()[:32]
+    return f"{prefix}:cache:{model_name}:{model_version}:{digest}"
+
+
+def encode_output(output: ModelOutput) -> str:
+    return json.dumps({"l": output.label, "p": output.probabilities}, separators=(",", ":"))
+
+
+def decode_output(raw: bytes | str | None) -> ModelOutput | None:
+    """A cached output, or None for a miss or for anything not written by encode_output."""
+    if raw is None:
+        return None
+    try:
+        value: Any = json.loads(raw)
+        return ModelOutput(value["l"], value["p"])
+    except (ValueError, KeyError, TypeError):
+        return None

@@ -1,0 +1,85 @@
+"""The bundles this API process serves, loaded once at start-up from the models directory.
+
+A bundle that fails to load does not stop the others: its reason is kept for `/readyz` and the
+log, and requests for it get a 503 that says so.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from berth_api.bundles import BundleError, ModelBundle, bundle_dirs, load_bundle
+from berth_api.errors import ModelNotFound, ModelNotReady
+from berth_api.predictor import Predictor
+from berth_common.settings import ApiSettings
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ServedModel:
+    bundle: ModelBundle
+    predictor: Predictor
+
+
+@dataclass
+class ModelRegistry:
+    models_dir: Path
+    default_model: str
+    models: dict[tuple[str, str], ServedModel] = field(default_factory=dict)
+    # name -> the version `/v1/models/{name}/predict` serves
+    resolved: dict[str, str] = field(default_factory=dict)
+    # "name/version" (or "name") -> why it is not served
+    failures: dict[str, str] = field(default_factory=dict)
+
+    @classmethod
+    def load(cls, settings: ApiSettings) -> ModelRegistry:
+        registry = cls(settings.models_dir, settings.default_model)
+        for name, versions in bundle_dirs(settings.models_dir).items():
+            for bundle_dir in versions:
+                key = f"{name}/{bundle_dir.name}"
+                try:
+                    bundle = load_bundle(
+                        bundle_dir, allow_version_mismatch=settings.allow_version_mismatch
+                    )
+                except BundleError as exc:
+                    logger.error("not serving bundle %s: %s", key, exc)
+                    registry.failures[key] = str(exc)
+                    continue
+                registry.models[(name, bundle.version)] = ServedModel(bundle, Predictor(bundle))
+                logger.info("loaded bundle %s from %s", key, bundle_dir)
+            registry.resolved[name] = versions[-1].name
+        pinned = settings.default_model_version
+        if pinned:
+            registry.resolved[settings.default_model] = pinned
+        default = settings.default_model
+        if default not in registry.resolved:
+            reason = f"default model {default!r} has no bundle in {settings.models_dir}"
+            logger.error("%s", reason)
+            registry.failures[default] = reason
+        return registry
+
+    def get(self, name: str, version: str | None = None) -> ServedModel:
+        if version is None:
+            version = self.resolved.get(name)
+            if version is None:
+                raise ModelNotFound(f"no model named {name!r}; GET /v1/models lists them")
+        served = self.models.get((name, version))
+        if served is not None:
+            return served
+        failure = self.failures.get(f"{name}/{version}")
+        if failure is not None:
+            raise ModelNotReady(f"model {name}/{version} is not served: {failure}")
+        raise ModelNotFound(f"no version {version!r} of model {name!r}")
+
+    def default(self) -> ServedModel:
+        return self.get(self.default_model)
+
+    def default_ready(self) -> tuple[bool, str]:
+        try:
+            served = self.default()
+        except (ModelNotFound, ModelNotReady) as exc:
+            return False, self.failures.get(self.default_model, exc.detail)
+        return True, f"{served.bundle.name}/{served.bundle.version} loaded"

@@ -1,0 +1,1 @@
+"""HTTP routes: each endpoint validates its body and hands over to plain Python."""

@@ -1,0 +1,50 @@
+"""Model catalogue endpoints."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+
+from berth_api.bundles import BundleMetadata
+from berth_api.deps import State
+from berth_api.errors import ModelNotFound, ModelNotReady
+from berth_api.schemas import ModelList, ModelSummary
+
+router = APIRouter(prefix="/v1/models", tags=["models"])
+
+
+@router.get("", response_model=ModelList)
+async def list_models(state: State) -> ModelList:
+    """Every served model, at the version its name resolves to."""
+    registry = state.registry
+    summaries = []
+    for name in sorted(registry.resolved):
+        versions = sorted(v for n, v in registry.models if n == name)
+        try:
+            metadata = registry.get(name).bundle.metadata
+        except (ModelNotFound, ModelNotReady):  # listed with its reason in /readyz
+            continue
+        summaries.append(
+            ModelSummary(
+                name=name,
+                version=metadata.version,
+                versions=versions,
+                task=metadata.task,
+                estimator=metadata.estimator,
+                features=metadata.feature_names,
+                classes=metadata.classes,
+                default=name == registry.default_model,
+            )
+        )
+    return ModelList(models=summaries)
+
+
+@router.get("/{name}", response_model=BundleMetadata)
+async def get_model(name: str, state: State) -> BundleMetadata:
+    """The metadata of the version `name` resolves to: features, classes, metrics, versions."""
+    return state.registry.get(name).bundle.metadata
+
+
+@router.get("/{name}/versions/{version}", response_model=BundleMetadata)
+async def get_model_version(name: str, version: str, state: State) -> BundleMetadata:
+    """The metadata of one version of a model."""
+    return state.registry.get(name, version).bundle.metadata

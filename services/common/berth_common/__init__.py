@@ -1,0 +1,1 @@
+"""Code both Berth services install: settings, logging, the ledger record contract, tables."""

@@ -1,0 +1,96 @@
+"""The ledger record contract: what the API appends to the stream and the worker stores.
+
+One stream entry holds the records of one request (one per served row), so that a 100-row batch
+costs one XADD and one entry to acknowledge, while the table keeps one row per served row. The
+entry carries a format version so that a worker can refuse, loudly, an entry it does not
+understand instead of storing it wrong.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Annotated, Any
+
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, StringConstraints, ValidationError
+
+ENTRY_FORMAT = "1"
+FORMAT_FIELD = "v"
+RECORDS_FIELD = "records"
+
+JsonScalar = str | int | float | bool | None
+RequestId = Annotated[str, StringConstraints(min_length=1, max_length=128)]
+
+
+class PredictionRecord(BaseModel):
+    """One served row: what was asked, what was answered, by which model, and when."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid", protected_namespaces=())
+
+    request_id: RequestId
+    row_index: Annotated[int, Field(ge=0)]
+    model_name: Annotated[str, StringConstraints(min_length=1, max_length=200)]
+    model_version: Annotated[str, StringConstraints(min_length=1, max_length=100)]
+    # Features keyed by name, in the model's order, so SQL can say features->>'petal_length'.
+    features: dict[str, JsonScalar]
+    prediction: JsonScalar
+    probabilities: dict[str, float] | None
+    cached: bool
+    latency_ms: Annotated[float, Field(ge=0)]
+    served_at: AwareDatetime
+
+
+class MalformedEntry(ValueError):
+    """A stream entry that can never become ledger rows; it belongs in the dead-letter table."""
+
+
+def encode_entry(records: list[PredictionRecord]) -> dict[str, str]:
+    """Stream fields for one XADD carrying the records of one request."""
+    payload = [record.model_dump(mode="json") for record in records]
+    return {
+        FORMAT_FIELD: ENTRY_FORMAT,
+        RECORDS_FIELD: json.dumps(payload, separators=(",", ":"), allow_nan=False),
+    }
+
+
+def decode_entry(fields: dict[bytes, bytes] | dict[str, str]) -> list[PredictionRecord]:
+    """Records of one stream entry, or MalformedEntry saying why there are none."""
+    text = {_text(k): _text(v) for k, v in fields.items()}
+    version = text.get(FORMAT_FIELD)
+    if version != ENTRY_FORMAT:
+        raise MalformedEntry(f"unknown entry format {version!r}, expected {ENTRY_FORMAT!r}")
+    raw = text.get(RECORDS_FIELD)
+    if raw is None:
+        raise MalformedEntry(f"entry has no {RECORDS_FIELD!r} field")
+    try:
+        items: Any = json.loads(raw, parse_constant=_reject_constant)
+    except ValueError as exc:
+        raise MalformedEntry(f"records are not valid JSON: {exc}") from exc
+    if not isinstance(items, list) or not items:
+        raise MalformedEntry("records must be a non-empty JSON array")
+    try:
+        return [PredictionRecord.model_validate(item) for item in items]
+    except ValidationError as exc:
+        raise MalformedEntry(f"invalid record: {_summarise(exc)}") from exc
+
+
+def raw_entry_text(fields: dict[bytes, bytes] | dict[str, str]) -> str:
+    """The entry as JSON text for the dead-letter table, whatever bytes it holds."""
+    return json.dumps({_text(k): _text(v) for k, v in fields.items()}, sort_keys=True)
+
+
+def _reject_constant(name: str) -> Any:
+    # json.loads accepts NaN and Infinity, which encode_entry never writes and PostgreSQL's jsonb
+    # refuses; an entry holding them must be refused here, not fail later as a database error.
+    raise ValueError(f"{name} is not valid JSON")
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode("utf-8", errors="replace") if isinstance(value, bytes) else value
+
+
+def _summarise(exc: ValidationError) -> str:
+    parts = []
+    for error in exc.errors(include_input=False, include_url=False)[:5]:
+        location = ".".join(str(part) for part in error["loc"])
+        parts.append(f"{location}: {error['msg']}")
+    return "; ".join(parts)

@@ -1,0 +1,169 @@
+"""Settings of every Berth service, read once from the environment at start-up.
+
+Each service builds its settings object in its entry point and passes it down; nothing reads the
+environment anywhere else. A missing or placeholder secret raises at construction, so a service
+with a bad `.env` stops at once with a message that names the variable instead of failing later
+with an authentication error.
+"""
+
+from __future__ import annotations
+
+import socket
+import sys
+from pathlib import Path
+from typing import Annotated, Literal, TypeVar
+
+from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+from sqlalchemy.engine import URL
+
+# Values that people leave in a copied .env; a service must refuse them rather than run with a
+# secret everybody knows.
+PLACEHOLDER_SECRETS = frozenset(
+    {
+        "",
+        "changeme",
+        "change-me",
+        "change_me",
+        "changethis",
+        "password",
+        "secret",
+        "postgres",
+        "redis",
+        "berth",
+        "example",
+        "xxx",
+        "todo",
+    }
+)
+MIN_SECRET_LENGTH = 8
+
+PositiveInt = Annotated[int, Field(gt=0)]
+
+
+def _check_secret(name: str, value: SecretStr) -> SecretStr:
+    raw = value.get_secret_value()
+    if raw.strip().lower() in PLACEHOLDER_SECRETS or raw.lower().startswith("change"):
+        raise ValueError(
+            f"{name} is a placeholder; set a real secret (make up writes one into .env for you)"
+        )
+    if len(raw) < MIN_SECRET_LENGTH:
+        raise ValueError(f"{name} must be at least {MIN_SECRET_LENGTH} characters long")
+    return value
+
+
+class CommonSettings(BaseSettings):
+    """What every service needs: where PostgreSQL and Redis are, and how to log."""
+
+    model_config = SettingsConfigDict(extra="ignore", frozen=True, case_sensitive=False)
+
+    postgres_host: str = "postgres"
+    postgres_port: int = 5432
+    postgres_user: str = "berth"
+    postgres_password: SecretStr
+    postgres_db: str = "berth"
+
+    redis_host: str = "redis"
+    redis_port: int = 6379
+    redis_password: SecretStr
+    redis_db: int = 0
+    # Every Redis key Berth writes starts with this, so that several stacks (or test runs) can
+    # share one Redis without touching each other's streams and caches.
+    redis_key_prefix: str = "berth"
+
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    log_format: Literal["text", "json"] = "text"
+
+    @field_validator("postgres_password")
+    @classmethod
+    def _postgres_password_is_real(cls, value: SecretStr) -> SecretStr:
+        return _check_secret("POSTGRES_PASSWORD", value)
+
+    @field_validator("redis_password")
+    @classmethod
+    def _redis_password_is_real(cls, value: SecretStr) -> SecretStr:
+        return _check_secret("REDIS_PASSWORD", value)
+
+    @property
+    def database_url(self) -> URL:
+        return URL.create(
+            "postgresql+psycopg2",
+            username=self.postgres_user,
+            password=self.postgres_password.get_secret_value(),
+            host=self.postgres_host,
+            port=self.postgres_port,
+            database=self.postgres_db,
+        )
+
+    def redis_kwargs(self) -> dict[str, object]:
+        """Connection arguments for redis-py's sync and asyncio clients alike.
+
+        The username is explicit so that AUTH also succeeds against a Redis without a password
+        (its default user accepts any password), such as a developer's local server.
+        """
+        return {
+            "host": self.redis_host,
+            "port": self.redis_port,
+            "db": self.redis_db,
+            "username": "default",
+            "password": self.redis_password.get_secret_value(),
+        }
+
+    @property
+    def ledger_stream(self) -> str:
+        return f"{self.redis_key_prefix}:ledger"
+
+    @property
+    def ledger_group(self) -> str:
+        return "writers"
+
+
+class ApiSettings(CommonSettings):
+    """Settings of the API service."""
+
+    models_dir: Path = Path("/models")
+    default_model: str = "iris"
+    # Which version of the default model to serve; empty means the highest version present.
+    default_model_version: str = ""
+    max_batch_rows: PositiveInt = 1000
+    max_string_length: PositiveInt = 1000
+    cache_ttl_seconds: PositiveInt = 3600
+    # A cache or ledger call that takes longer than this counts as a Redis failure: the prediction
+    # is still served, the cache skipped.
+    redis_timeout_seconds: Annotated[float, Field(gt=0)] = 0.5
+    api_workers: PositiveInt = 2
+    access_log: bool = True
+    allow_version_mismatch: bool = False
+
+
+class WorkerSettings(CommonSettings):
+    """Settings of the ledger worker."""
+
+    worker_batch_size: PositiveInt = 500
+    worker_block_ms: PositiveInt = 1000
+    # An entry pending this long on another consumer is taken to be orphaned and claimed.
+    worker_claim_idle_ms: PositiveInt = 30_000
+    worker_claim_interval_seconds: Annotated[float, Field(gt=0)] = 15.0
+    worker_heartbeat_ttl_seconds: PositiveInt = 30
+    worker_consumer_name: str = Field(default_factory=socket.gethostname)
+    # Deliveries after which an entry that still cannot be written goes to the dead-letter table.
+    worker_max_deliveries: PositiveInt = 5
+    worker_retry_max_seconds: Annotated[float, Field(gt=0)] = 30.0
+
+    def heartbeat_key(self, consumer: str | None = None) -> str:
+        return f"{self.redis_key_prefix}:worker:{consumer or self.worker_consumer_name}:heartbeat"
+
+
+SettingsT = TypeVar("SettingsT", bound=CommonSettings)
+
+
+def load_or_exit(cls: type[SettingsT]) -> SettingsT:
+    """Reads settings for a service entry point; on a bad environment, one line per problem."""
+    try:
+        return cls()
+    except ValidationError as exc:
+        for error in exc.errors(include_url=False, include_input=False):
+            variable = "_".join(str(part) for part in error["loc"]).upper() or "settings"
+            message = error["msg"].removeprefix("Value error, ")
+            print(f"berth: configuration error: {variable}: {message}", file=sys.stderr)
+        raise SystemExit(2) from None

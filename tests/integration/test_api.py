@@ -1,0 +1,237 @@
+"""The API against the real Redis and PostgreSQL: what is answered, cached and queued."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+from fastapi.testclient import TestClient
+
+from berth_api.app import create_app
+from berth_common.ledger import decode_entry
+from berth_common.settings import ApiSettings
+
+SETOSA = [5.1, 3.5, 1.4, 0.2]
+VIRGINICA = {"sepal_length": 6.7, "sepal_width": 3.0, "petal_length": 5.2, "petal_width": 2.3}
+
+
+@pytest.fixture
+def settings(api_settings: ApiSettings, iris_models_dir: Path) -> ApiSettings:
+    return api_settings.model_copy(update={"models_dir": iris_models_dir})
+
+
+@pytest.fixture
+def client(settings: ApiSettings, redis_client: redis.Redis) -> Iterator[TestClient]:
+    with TestClient(create_app(settings), raise_server_exceptions=False) as client:
+        yield client
+
+
+def ledger_entries(redis_client: redis.Redis, settings: ApiSettings) -> list[Any]:
+    entries = redis_client.xrange(settings.ledger_stream)
+    return [record for _, fields in entries for record in decode_entry(fields)]
+
+
+def test_tutorial_body_predicts_a_label(
+    client: TestClient, redis_client: redis.Redis, settings: ApiSettings
+) -> None:
+    response = client.post("/predict", json={"features": SETOSA})
+    assert response.status_code == 200
+    body = response.json()
+    assert body["model"] == {"name": "iris", "version": "1"}
+    assert body["request_id"] == response.headers["x-request-id"]
+    [row] = body["predictions"]
+    assert row["label"] == "setosa"
+    assert set(row["probabilities"]) == {"setosa", "versicolor", "virginica"}
+    assert row["probabilities"]["setosa"] > 0.9
+    assert row["cached"] is False
+
+    [record] = ledger_entries(redis_client, settings)
+    assert record.request_id == body["request_id"]
+    assert record.row_index == 0
+    assert (record.model_name, record.model_version) == ("iris", "1")
+    assert record.features == dict(
+        zip(["sepal_length", "sepal_width", "petal_length", "petal_width"], SETOSA, strict=True)
+    )
+    assert record.prediction == "setosa"
+    assert record.probabilities == row["probabilities"]
+    assert record.cached is False
+    assert record.latency_ms > 0
+
+
+def test_batch_mixes_lists_and_objects_and_caches_rows(
+    client: TestClient, redis_client: redis.Redis, settings: ApiSettings
+) -> None:
+    first = client.post("/v1/models/iris/predict", json={"instances": [SETOSA, VIRGINICA]})
+    assert first.status_code == 200
+    assert [r["label"] for r in first.json()["predictions"]] == ["setosa", "virginica"]
+    assert [r["cached"] for r in first.json()["predictions"]] == [False, False]
+
+    # the same rows spelled the other way round are cache hits
+    as_object = dict(zip(VIRGINICA, [6.7, 3.0, 5.2, 2.3], strict=True))
+    second = client.post(
+        "/predict", json={"instances": [as_object, [5.1, 3.5, 1.4, 0.2], [5.9, 3.0, 4.2, 1.5]]}
+    )
+    assert second.status_code == 200
+    assert [r["cached"] for r in second.json()["predictions"]] == [True, True, False]
+    assert second.json()["predictions"][0] == {**first.json()["predictions"][1], "cached": True}
+
+    records = ledger_entries(redis_client, settings)
+    assert [(r.row_index, r.cached) for r in records] == [
+        (0, False),
+        (1, False),
+        (0, True),
+        (1, True),
+        (2, False),
+    ]
+    keys = list(redis_client.scan_iter(match=f"{settings.redis_key_prefix}:cache:iris:1:*"))
+    assert len(keys) == 3
+    assert 0 < redis_client.ttl(keys[0]) <= settings.cache_ttl_seconds
+
+
+def test_specific_version_endpoint(client: TestClient) -> None:
+    ok = client.post("/v1/models/iris/versions/1/predict", json={"instances": [SETOSA]})
+    assert ok.status_code == 200
+    missing = client.post("/v1/models/iris/versions/9/predict", json={"instances": [SETOSA]})
+    assert missing.status_code == 404
+    assert "no version '9'" in missing.json()["detail"]
+
+
+def test_client_request_id_is_used_and_echoed(
+    client: TestClient, redis_client: redis.Redis, settings: ApiSettings
+) -> None:
+    response = client.post(
+        "/predict", json={"features": SETOSA}, headers={"X-Request-ID": "order-42"}
+    )
+    assert response.headers["x-request-id"] == "order-42"
+    assert response.json()["request_id"] == "order-42"
+    assert [r.request_id for r in ledger_entries(redis_client, settings)] == ["order-42"]
+
+
+def test_unusable_request_id_is_refused(client: TestClient) -> None:
+    response = client.post("/predict", json={"features": SETOSA}, headers={"X-Request-ID": "a b"})
+    assert response.status_code == 400
+    assert response.json()["type"] == "urn:berth:problem:invalid-request-id"
+
+
+BAD_BODIES: list[tuple[str, Any, int, str]] = [
+    ("/predict", {"features": [1, 2]}, 422, "instances[0]"),
+    ("/predict", {"features": [1, 2, 3, "x"]}, 422, "instances[0][3]"),
+    ("/predict", {"features": {"sepal_length": 1, "petals": 2}}, 422, "instances[0]"),
+    ("/predict", {"instances": []}, 422, "instances"),
+    ("/predict", {"instances": [SETOSA] * 6}, 422, "instances"),
+    ("/predict", {}, 422, "body"),
+    ("/predict", {"features": SETOSA, "instances": [SETOSA]}, 422, "body"),
+    ("/predict", {"features": SETOSA, "extra": 1}, 422, "extra"),
+    ("/predict", [1, 2], 422, "body"),
+    ("/v1/models/iris/predict", {"instances": "nope"}, 422, "instances"),
+    ("/v1/models/iris/predict", {"instances": [[1, 2, 3, None]]}, 422, "instances[0][3]"),
+]
+
+
+@pytest.mark.parametrize(("path", "body", "status", "field"), BAD_BODIES)
+def test_bad_input_is_a_named_4xx(
+    settings: ApiSettings, redis_client: redis.Redis, path: str, body: Any, status: int, field: str
+) -> None:
+    limited = settings.model_copy(update={"max_batch_rows": 5})
+    with TestClient(create_app(limited), raise_server_exceptions=False) as client:
+        response = client.post(path, json=body)
+    assert response.status_code == status, response.text
+    assert response.headers["content-type"] == "application/problem+json"
+    problem = response.json()
+    assert problem["status"] == status
+    assert any(e["field"].startswith(field) for e in problem.get("errors", [])), problem
+    assert not redis_client.exists(settings.ledger_stream)
+
+
+@pytest.mark.parametrize(
+    ("body", "detail"),
+    [
+        (b'{"features": [5.1, 3.5,', "not valid JSON"),
+        (b'{"features": [5.1, NaN, 1.4, 0.2]}', "sepal_width must be a finite number"),
+        (b'{"features": [5.1, Infinity, 1.4, 0.2]}', "sepal_width must be a finite number"),
+        (b'{"features": [1e999, 3.5, 1.4, 0.2]}', "sepal_length must be a finite number"),
+    ],
+)
+def test_malformed_and_non_finite_json(client: TestClient, body: bytes, detail: str) -> None:
+    response = client.post("/predict", content=body, headers={"content-type": "application/json"})
+    assert 400 <= response.status_code < 500
+    assert detail in response.json()["detail"]
+
+
+def test_unknown_model_and_route(client: TestClient) -> None:
+    response = client.post("/v1/models/nope/predict", json={"instances": [SETOSA]})
+    assert response.status_code == 404
+    assert response.json()["type"] == "urn:berth:problem:model-not-found"
+    assert client.get("/nowhere").status_code == 404
+    assert client.get("/predict").status_code == 405
+
+
+def test_model_catalogue(client: TestClient) -> None:
+    listing = client.get("/v1/models").json()["models"]
+    assert [(m["name"], m["version"], m["default"]) for m in listing] == [("iris", "1", True)]
+    metadata = client.get("/v1/models/iris").json()
+    assert metadata["classes"] == ["setosa", "versicolor", "virginica"]
+    assert len(metadata["sha256"]) == 64
+    assert "accuracy" in metadata["metrics"]
+    assert client.get("/v1/models/nope").status_code == 404
+
+
+def test_health_and_readiness(client: TestClient) -> None:
+    assert client.get("/healthz").json() == {"status": "alive"}
+    ready = client.get("/readyz")
+    assert ready.status_code == 200
+    assert ready.json()["checks"]["model"] == {"ok": True, "detail": "iris/1 loaded"}
+    assert ready.json()["checks"]["redis"]["ok"] is True
+    assert "/v1/models/{name}/predict" in client.get("/openapi.json").json()["paths"]
+
+
+def test_tampered_bundle_is_not_served_and_readiness_says_why(settings: ApiSettings) -> None:
+    model_file = settings.models_dir / "iris" / "1" / "model.joblib"
+    model_file.write_bytes(model_file.read_bytes()[:-1])
+    with TestClient(create_app(settings), raise_server_exceptions=False) as client:
+        ready = client.get("/readyz")
+        assert ready.status_code == 503
+        assert ready.json()["checks"]["model"]["ok"] is False
+        assert "sha256" in ready.json()["checks"]["model"]["detail"]
+        response = client.post("/predict", json={"features": SETOSA})
+        assert response.status_code == 503
+        assert "sha256" in response.json()["detail"]
+
+
+def test_missing_default_model(settings: ApiSettings, tmp_path: Path) -> None:
+    empty = settings.model_copy(update={"models_dir": tmp_path})
+    with TestClient(create_app(empty), raise_server_exceptions=False) as client:
+        ready = client.get("/readyz").json()
+        assert "default model 'iris' has no bundle" in ready["checks"]["model"]["detail"]
+        assert client.post("/predict", json={"features": SETOSA}).status_code == 404
+
+
+def test_predictions_are_served_when_redis_is_down(settings: ApiSettings) -> None:
+    # a port nothing listens on: every Redis call fails at once
+    down = settings.model_copy(update={"redis_port": 1})
+    with TestClient(create_app(down), raise_server_exceptions=False) as client:
+        for _ in range(2):
+            response = client.post("/predict", json={"features": SETOSA})
+            assert response.status_code == 200
+            assert response.json()["predictions"][0]["label"] == "setosa"
+            assert response.json()["predictions"][0]["cached"] is False
+        ready = client.get("/readyz")
+        assert ready.status_code == 503
+        assert ready.json()["checks"]["redis"]["ok"] is False
+
+
+def test_unknown_request_id_is_404(client: TestClient) -> None:
+    response = client.get("/v1/predictions/never-served")
+    assert response.status_code == 404
+    assert response.json()["type"] == "urn:berth:problem:prediction-not-found"
+    assert client.get("/v1/predictions/bad%20id").status_code == 422
+
+
+def test_error_bodies_are_problem_details(client: TestClient) -> None:
+    body = client.post("/predict", json={"features": [1]}).json()
+    assert set(body) >= {"type", "title", "status", "detail", "request_id", "errors"}
+    json.dumps(body)

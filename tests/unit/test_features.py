@@ -1,0 +1,92 @@
+from __future__ import annotations
+
+import math
+from datetime import UTC, datetime
+from typing import Any
+
+import pytest
+
+from berth_api.bundles import BundleMetadata, FeatureSpec
+from berth_api.errors import InvalidInput
+from berth_api.features import rows_from_instances
+
+
+def metadata(*features: tuple[str, str]) -> BundleMetadata:
+    return BundleMetadata(
+        name="m",
+        version="1",
+        created_at=datetime.now(UTC),
+        task="classification",
+        estimator="X",
+        features=[FeatureSpec(name=n, type=t) for n, t in features],  # type: ignore[arg-type]
+        classes=["a", "b"],
+        python_version="3.11",
+        sklearn_version="1",
+        joblib_version="1",
+        sha256="0" * 64,
+    )
+
+
+IRIS = metadata(("a", "number"), ("b", "number"))
+MIXED = metadata(("age", "integer"), ("plan", "string"), ("active", "boolean"))
+
+
+def rows(meta: BundleMetadata, instances: list[Any], max_rows: int = 10) -> list[list[Any]]:
+    return rows_from_instances(meta, instances, max_rows=max_rows, max_string_length=5)
+
+
+def test_lists_and_objects_give_the_same_row() -> None:
+    assert rows(IRIS, [[1, 2.5], {"b": 2.5, "a": 1}]) == [[1.0, 2.5], [1.0, 2.5]]
+
+
+def test_mixed_types_are_checked_per_feature() -> None:
+    assert rows(MIXED, [{"age": 3.0, "plan": "pro", "active": True}]) == [[3, "pro", True]]
+
+
+def errors_of(meta: BundleMetadata, instances: list[Any], max_rows: int = 10) -> dict[str, str]:
+    with pytest.raises(InvalidInput) as info:
+        rows(meta, instances, max_rows)
+    return {e.field: e.message for e in info.value.errors}
+
+
+@pytest.mark.parametrize(
+    ("instances", "field", "message"),
+    [
+        ([[1.0]], "instances[0]", "expected 2 values (a, b), got 1"),
+        ([[1.0, 2.0, 3.0]], "instances[0]", "got 3"),
+        ([[1.0, "x"]], "instances[0][1]", "b must be a number"),
+        ([[1.0, True]], "instances[0][1]", "b must be a number"),
+        ([[1.0, None]], "instances[0][1]", "b must be a number"),
+        ([[math.nan, 1.0]], "instances[0][0]", "a must be a finite number"),
+        ([[1.0, math.inf]], "instances[0][1]", "b must be a finite number"),
+        ([{"a": 1, "b": 2, "zz": 3}], "instances[0]", "unknown feature names: 'zz'"),
+        ([{"a": 1}], "instances[0]", "missing features: b"),
+        (["nope"], "instances[0]", "each instance must be a list"),
+        ([], "instances", "empty"),
+    ],
+)
+def test_bad_rows_name_the_field(instances: list[Any], field: str, message: str) -> None:
+    found = errors_of(IRIS, instances)
+    assert field in found, found
+    assert message in found[field]
+
+
+def test_too_many_rows_are_refused_before_validation() -> None:
+    found = errors_of(IRIS, [[1, 2]] * 4, max_rows=3)
+    assert found == {"instances": "at most 3 rows"}
+
+
+def test_mixed_type_errors() -> None:
+    found = errors_of(MIXED, [{"age": 1.5, "plan": "toolong", "active": 1}])
+    assert found == {
+        "instances[0].age": "age must be an integer",
+        "instances[0].plan": "plan is longer than 5 characters",
+        "instances[0].active": "active must be true or false",
+    }
+
+
+def test_errors_never_echo_the_submitted_value() -> None:
+    with pytest.raises(InvalidInput) as info:
+        rows(IRIS, [[1.0, "secret-value-123"]])
+    assert "secret-value-123" not in info.value.detail
+    assert all("secret-value-123" not in e.message for e in info.value.errors)

@@ -1,0 +1,56 @@
+from __future__ import annotations
+
+import pytest
+from pydantic import ValidationError
+
+from berth_common.settings import ApiSettings, CommonSettings, WorkerSettings, load_or_exit
+
+GOOD = {"postgres_password": "s3cret-enough", "redis_password": "an0ther-secret"}
+
+
+def test_reads_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("POSTGRES_PASSWORD", "from-the-env-1")
+    monkeypatch.setenv("REDIS_PASSWORD", "from-the-env-2")
+    monkeypatch.setenv("MAX_BATCH_ROWS", "7")
+    monkeypatch.setenv("REDIS_KEY_PREFIX", "other")
+    settings = ApiSettings()  # type: ignore[call-arg]
+    assert settings.max_batch_rows == 7
+    assert settings.ledger_stream == "other:ledger"
+    assert settings.postgres_password.get_secret_value() == "from-the-env-1"
+
+
+@pytest.mark.parametrize("secret", ["changeme", "change-me", "CHANGE-ME-please", "password", ""])
+def test_placeholder_secrets_are_refused(secret: str) -> None:
+    with pytest.raises(ValidationError, match="POSTGRES_PASSWORD"):
+        CommonSettings(postgres_password=secret, redis_password="an0ther-secret")  # type: ignore[arg-type]
+
+
+def test_short_secret_is_refused() -> None:
+    with pytest.raises(ValidationError, match="at least 8"):
+        CommonSettings(postgres_password="s3cret-enough", redis_password="short")  # type: ignore[arg-type]
+
+
+def test_database_url_carries_every_part() -> None:
+    settings = CommonSettings(**GOOD, postgres_host="db", postgres_db="ledger")  # type: ignore[arg-type]
+    url = settings.database_url
+    assert (url.host, url.database, url.password) == ("db", "ledger", "s3cret-enough")
+    assert "s3cret-enough" not in repr(settings)
+
+
+def test_worker_heartbeat_key_is_namespaced() -> None:
+    settings = WorkerSettings(**GOOD, worker_consumer_name="w1")  # type: ignore[arg-type]
+    assert settings.heartbeat_key() == "berth:worker:w1:heartbeat"
+
+
+def test_load_or_exit_names_the_variable(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.delenv("POSTGRES_PASSWORD", raising=False)
+    monkeypatch.setenv("REDIS_PASSWORD", "changeme")
+    with pytest.raises(SystemExit) as exit_info:
+        load_or_exit(ApiSettings)
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert "POSTGRES_PASSWORD: Field required" in err
+    assert "REDIS_PASSWORD" in err
+    assert "placeholder" in err
