@@ -101,3 +101,24 @@ def test_versions_sort_numerically(models_dir: Path) -> None:
         (models_dir / "m" / version / "metadata.json").write_text("{}")
     (models_dir / "m" / ".tmp").mkdir()
     assert [p.name for p in bundle_dirs(models_dir)["m"]] == ["1", "2", "10"]
+
+
+def test_non_finite_model_output_is_a_422(models_dir: Path) -> None:
+    from berth_api.errors import UnpredictableInput
+
+    model = LinearRegression().fit(np.array([[0.0], [1.0]]), np.array([0.0, 1e300]))
+    write_bundle(
+        models_dir, model=model, name="line", version="1", features=[FeatureSpec(name="x")]
+    )
+    predictor = Predictor(load_bundle(models_dir / "line" / "1"))
+    with pytest.raises(UnpredictableInput, match=r"row\(s\) \[1\]"):
+        predictor.predict([[1.0], [1e10]])
+
+
+def test_input_the_model_refuses_is_a_422(iris_models_dir: Path) -> None:
+    from berth_api.errors import UnpredictableInput
+
+    predictor = Predictor(load_bundle(iris_models_dir / "iris" / "1"))
+    # finite in float64, too large for the float32 that tree models work in
+    with pytest.raises(UnpredictableInput, match="could not predict these rows"):
+        predictor.predict([[1e300, 1.0, 1.0, 1.0]])

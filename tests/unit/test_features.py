@@ -85,6 +85,12 @@ def test_mixed_type_errors() -> None:
     }
 
 
+def test_nul_characters_are_refused() -> None:
+    assert errors_of(MIXED, [{"age": 1, "plan": "a\x00b", "active": True}]) == {
+        "instances[0].plan": "plan must not contain NUL characters"
+    }
+
+
 def test_errors_never_echo_the_submitted_value() -> None:
     with pytest.raises(InvalidInput) as info:
         rows(IRIS, [[1.0, "secret-value-123"]])

@@ -29,7 +29,7 @@ def redis_client(settings: ApiSettings) -> Redis:
     """A client that fails fast: a slow Redis must cost a request milliseconds, not seconds."""
     timeout = settings.redis_timeout_seconds
     return Redis(
-        **settings.redis_kwargs(),  # type: ignore[arg-type]
+        **settings.redis_kwargs(),
         socket_timeout=timeout,
         socket_connect_timeout=timeout,
         retry=Retry(NoBackoff(), 1),

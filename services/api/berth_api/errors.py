@@ -45,6 +45,14 @@ class InvalidInput(BerthError):
     title = "Invalid input"
 
 
+class UnpredictableInput(BerthError):
+    """The model answered with NaN or infinity, which JSON and the ledger cannot hold."""
+
+    status = 422
+    code = "unpredictable-input"
+    title = "The model cannot predict this input"
+
+
 class MalformedRequest(BerthError):
     status = 400
     code = "malformed-request"

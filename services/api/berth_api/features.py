@@ -113,4 +113,7 @@ def _value(
         errors.append(
             FieldError(where, f"{spec.name} is longer than {max_string_length} characters")
         )
+    elif "\x00" in value:
+        # PostgreSQL's jsonb cannot store U+0000; refused here, the record could never be stored
+        errors.append(FieldError(where, f"{spec.name} must not contain NUL characters"))
     return value

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 from berth_api.bundles import Label, ModelBundle
+from berth_api.errors import FieldError, UnpredictableInput
 from berth_api.features import Value
+
+logger = logging.getLogger(__name__)
 
 # Estimators whose predict() is, by their own definition, the class of highest predict_proba:
 # for them one model call gives both label and probabilities, halving the cost of a request.
@@ -42,9 +46,30 @@ class Predictor:
     def predict(self, rows: list[list[Value]]) -> list[ModelOutput]:
         """Blocking: run it in a thread, never on the event loop."""
         matrix = np.asarray(rows, dtype=np.float64 if self._numeric else object)
+        try:
+            # overflow is detected below and answered as a 422; numpy need not warn about it too
+            with np.errstate(over="ignore", invalid="ignore"):
+                return self._predict(matrix)
+        except (ValueError, TypeError, OverflowError) as exc:
+            # Valid JSON of the right types that the estimator still refuses, e.g. 1e300 for a
+            # tree model that works in float32. Its message can quote the data: log it only.
+            logger.warning("model refused a batch of %d rows: %s", len(rows), exc)
+            raise UnpredictableInput(
+                f"the model could not predict these rows ({type(exc).__name__}); "
+                "check the values against the ranges the model was trained on",
+                [FieldError("instances", "refused by the model")],
+            ) from exc
+
+    def _predict(self, matrix: Any) -> list[ModelOutput]:
         if not self._has_proba:
-            return [ModelOutput(_plain(label), None) for label in self._model.predict(matrix)]
+            labels = self._model.predict(matrix)
+            if labels.dtype.kind == "f" and not np.isfinite(labels).all():
+                _refuse(np.isfinite(labels))
+            return [ModelOutput(_plain(label), None) for label in labels]
         proba = self._model.predict_proba(matrix)
+        finite = np.isfinite(proba).all(axis=1)
+        if not finite.all():
+            _refuse(finite)
         if self._label_from_proba:
             labels = self._model.classes_.take(np.argmax(proba, axis=1))
         else:
@@ -56,6 +81,14 @@ class Predictor:
             )
             for label, row in zip(labels, proba.tolist(), strict=True)
         ]
+
+
+def _refuse(finite_rows: Any) -> None:
+    bad = [int(i) for i in np.flatnonzero(~finite_rows)[:10]]
+    raise UnpredictableInput(
+        f"the model produced NaN or infinity for row(s) {bad} of the rows it was given",
+        [FieldError("instances", "model output is not a finite number")],
+    )
 
 
 def _plain(value: Any) -> Label:

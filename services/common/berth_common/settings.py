@@ -11,7 +11,7 @@ from __future__ import annotations
 import socket
 import sys
 from pathlib import Path
-from typing import Annotated, Literal, TypeVar
+from typing import Annotated, Literal, TypedDict, TypeVar
 
 from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -39,6 +39,16 @@ PLACEHOLDER_SECRETS = frozenset(
 MIN_SECRET_LENGTH = 8
 
 PositiveInt = Annotated[int, Field(gt=0)]
+
+
+class RedisConnection(TypedDict):
+    """Keyword arguments for redis-py's sync and asyncio clients alike."""
+
+    host: str
+    port: int
+    db: int
+    username: str
+    password: str
 
 
 def _check_secret(name: str, value: SecretStr) -> SecretStr:
@@ -95,19 +105,17 @@ class CommonSettings(BaseSettings):
             database=self.postgres_db,
         )
 
-    def redis_kwargs(self) -> dict[str, object]:
-        """Connection arguments for redis-py's sync and asyncio clients alike.
-
-        The username is explicit so that AUTH also succeeds against a Redis without a password
+    def redis_kwargs(self) -> RedisConnection:
+        """The username is explicit so that AUTH also succeeds against a Redis without a password
         (its default user accepts any password), such as a developer's local server.
         """
-        return {
-            "host": self.redis_host,
-            "port": self.redis_port,
-            "db": self.redis_db,
-            "username": "default",
-            "password": self.redis_password.get_secret_value(),
-        }
+        return RedisConnection(
+            host=self.redis_host,
+            port=self.redis_port,
+            db=self.redis_db,
+            username="default",
+            password=self.redis_password.get_secret_value(),
+        )
 
     @property
     def ledger_stream(self) -> str:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any
+from typing import Any, cast
 
 from sqlalchemy import (
     BigInteger,
@@ -14,6 +14,7 @@ from sqlalchemy import (
     Index,
     Integer,
     MetaData,
+    Table,
     Text,
     func,
 )
@@ -71,5 +72,6 @@ class LedgerDeadLetter(Base):
     failed_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
 
 
-predictions = Prediction.__table__
-ledger_dead_letters = LedgerDeadLetter.__table__
+# Core-level handles for bulk statements; declarative tables are always Table instances.
+predictions = cast(Table, Prediction.__table__)
+ledger_dead_letters = cast(Table, LedgerDeadLetter.__table__)

@@ -1,0 +1,1 @@
+"""Ledger worker: moves served-prediction records from the Redis stream into PostgreSQL."""
