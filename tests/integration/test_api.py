@@ -235,3 +235,59 @@ def test_error_bodies_are_problem_details(client: TestClient) -> None:
     body = client.post("/predict", json={"features": [1]}).json()
     assert set(body) >= {"type", "title", "status", "detail", "request_id", "errors"}
     json.dumps(body)
+
+
+def test_oversized_body_is_a_413_before_parsing(settings: ApiSettings) -> None:
+    small = settings.model_copy(update={"max_body_bytes": 200})
+    body = json.dumps({"instances": [SETOSA] * 20}).encode()
+    with TestClient(create_app(small), raise_server_exceptions=False) as client:
+        declared = client.post(
+            "/predict", content=body, headers={"content-type": "application/json"}
+        )
+        assert declared.status_code == 413
+        assert "larger than 200 bytes" in declared.json()["detail"]
+        assert declared.headers["x-request-id"]
+
+        def chunks() -> Iterator[bytes]:
+            for i in range(0, len(body), 50):
+                yield body[i : i + 50]
+
+        chunked = client.post(
+            "/predict", content=chunks(), headers={"content-type": "application/json"}
+        )
+        assert chunked.status_code == 413
+        assert client.post("/predict", json={"features": SETOSA}).status_code == 200
+
+
+def test_api_keys_guard_data_endpoints_only(settings: ApiSettings) -> None:
+    from pydantic import SecretStr
+
+    guarded = settings.model_copy(update={"api_keys": SecretStr("key-one, key-two")})
+    with TestClient(create_app(guarded), raise_server_exceptions=False) as client:
+        for method, path in [
+            ("POST", "/predict"),
+            ("POST", "/v1/models/iris/predict"),
+            ("GET", "/v1/models"),
+            ("GET", "/v1/models/iris"),
+            ("GET", "/v1/predictions/x"),
+        ]:
+            response = client.request(method, path, json={"features": SETOSA})
+            assert response.status_code == 401, path
+            assert response.headers["www-authenticate"].startswith("Bearer")
+            assert response.json()["type"] == "urn:berth:problem:unauthorized"
+        wrong = client.post(
+            "/predict", json={"features": SETOSA}, headers={"Authorization": "Bearer key-three"}
+        )
+        assert wrong.status_code == 401
+        basic = client.post(
+            "/predict", json={"features": SETOSA}, headers={"Authorization": "Basic a2V5"}
+        )
+        assert basic.status_code == 401
+        for key in ("key-one", "key-two"):
+            ok = client.post(
+                "/predict", json={"features": SETOSA}, headers={"Authorization": f"Bearer {key}"}
+            )
+            assert ok.status_code == 200
+        assert client.get("/healthz").status_code == 200
+        assert client.get("/readyz").status_code == 200
+        assert client.get("/openapi.json").status_code == 200

@@ -6,7 +6,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
-from fastapi import FastAPI
+from fastapi import Depends, FastAPI
 from redis.asyncio import Redis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
@@ -14,8 +14,10 @@ from sqlalchemy import create_engine
 from starlette.concurrency import run_in_threadpool
 
 from berth_api import __doc__ as package_doc
+from berth_api.auth import require_api_key
 from berth_api.deps import ApiState
 from berth_api.errors import install_error_handlers
+from berth_api.limits import BodySizeLimitMiddleware
 from berth_api.middleware import RequestIdMiddleware
 from berth_api.publisher import RedisGateway
 from berth_api.registry import ModelRegistry
@@ -62,7 +64,11 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
         lifespan=lifespan,
     )
     install_error_handlers(app)
-    for module in (predict, models, predictions, health):
-        app.include_router(module.router)
+    protected = [Depends(require_api_key)]
+    for module in (predict, models, predictions):
+        app.include_router(module.router, dependencies=protected)
+    app.include_router(health.router)
+    # the last added runs first: every response, a 413 included, carries the request id
+    app.add_middleware(BodySizeLimitMiddleware, max_bytes=settings.max_body_bytes)
     app.add_middleware(RequestIdMiddleware, access_log=settings.access_log)
     return app

@@ -32,11 +32,25 @@ class BerthError(Exception):
     status: int = 500
     code: str = "internal-error"
     title: str = "Internal server error"
+    headers: dict[str, str] | None = None
 
     def __init__(self, detail: str, errors: list[FieldError] | None = None) -> None:
         super().__init__(detail)
         self.detail = detail
         self.errors = errors or []
+
+
+class Unauthorized(BerthError):
+    status = 401
+    code = "unauthorized"
+    title = "Unauthorized"
+    headers = {"WWW-Authenticate": 'Bearer realm="berth"'}  # noqa: RUF012 - never mutated
+
+
+class BodyTooLarge(BerthError):
+    status = 413
+    code = "body-too-large"
+    title = "Request body too large"
 
 
 class InvalidInput(BerthError):
@@ -115,7 +129,9 @@ def _field_name(location: tuple[int | str, ...]) -> str:
 
 async def _berth_error(_: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, BerthError)
-    return problem_response(exc.status, exc.code, exc.title, exc.detail, exc.errors)
+    return problem_response(
+        exc.status, exc.code, exc.title, exc.detail, exc.errors, headers=exc.headers
+    )
 
 
 async def _validation_error(_: Request, exc: Exception) -> JSONResponse:

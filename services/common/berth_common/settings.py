@@ -135,10 +135,19 @@ class ApiSettings(CommonSettings):
     default_model_version: str = ""
     max_batch_rows: PositiveInt = 1000
     max_string_length: PositiveInt = 1000
+    # Bodies larger than this are refused with a 413 before any of them is parsed.
+    max_body_bytes: PositiveInt = 1_048_576
+    # Comma-separated bearer tokens; when set, every endpoint but health and docs requires one.
+    api_keys: SecretStr = SecretStr("")
     cache_ttl_seconds: PositiveInt = 3600
     # A cache or ledger call that takes longer than this counts as a Redis failure: the prediction
     # is still served, the cache skipped.
     redis_timeout_seconds: Annotated[float, Field(gt=0)] = 0.5
+
+    @property
+    def api_key_list(self) -> list[str]:
+        return [key.strip() for key in self.api_keys.get_secret_value().split(",") if key.strip()]
+
     api_workers: PositiveInt = 2
     access_log: bool = True
     allow_version_mismatch: bool = False

@@ -1,0 +1,26 @@
+"""Optional bearer API keys (`API_KEYS`): off when unset, required on data endpoints when set."""
+
+from __future__ import annotations
+
+import hmac
+
+from fastapi import Request
+
+from berth_api.deps import get_state
+from berth_api.errors import Unauthorized
+
+
+def require_api_key(request: Request) -> None:
+    keys = get_state(request).settings.api_key_list
+    if not keys:
+        return
+    scheme, _, token = request.headers.get("authorization", "").partition(" ")
+    if scheme.lower() != "bearer" or not token:
+        raise Unauthorized("send an API key as 'Authorization: Bearer <key>'")
+    supplied = token.strip().encode()
+    # Compare with every key, whatever matches, so timing tells nothing about which is close.
+    matched = False
+    for key in keys:
+        matched |= hmac.compare_digest(supplied, key.encode())
+    if not matched:
+        raise Unauthorized("the API key is not valid")
