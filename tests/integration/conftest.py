@@ -2,15 +2,21 @@
 
 from __future__ import annotations
 
+import socket
+import threading
+import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 import redis
+import uvicorn
 from alembic import command
 from alembic.config import Config
 from sqlalchemy import Engine, create_engine, text
 
-from berth_common.settings import CommonSettings
+from berth_api.app import create_app
+from berth_common.settings import ApiSettings, CommonSettings
 from tests.conftest import ROOT, service_env
 
 
@@ -56,3 +62,24 @@ def redis_client(common_settings: CommonSettings) -> Iterator[redis.Redis]:
     if keys:
         client.delete(*keys)
     client.close()
+
+
+@pytest.fixture
+def live_api(api_settings: ApiSettings, iris_models_dir: Path) -> Iterator[str]:
+    """The API on a real socket, for client libraries that bring their own HTTP stack."""
+    settings = api_settings.model_copy(update={"models_dir": iris_models_dir})
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    config = uvicorn.Config(create_app(settings), host="127.0.0.1", port=port, log_config=None)
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 20
+    while not server.started:
+        if time.monotonic() > deadline or not thread.is_alive():
+            raise RuntimeError("the API did not start")
+        time.sleep(0.02)
+    yield f"127.0.0.1:{port}"
+    server.should_exit = True
+    thread.join(timeout=10)

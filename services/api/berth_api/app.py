@@ -7,6 +7,7 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 from fastapi import Depends, FastAPI
+from fastapi.openapi.utils import get_openapi
 from redis.asyncio import Redis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
@@ -14,14 +15,16 @@ from sqlalchemy import create_engine
 from starlette.concurrency import run_in_threadpool
 
 from berth_api import __doc__ as package_doc
+from berth_api import __version__
 from berth_api.auth import require_api_key
 from berth_api.deps import ApiState
 from berth_api.errors import install_error_handlers
 from berth_api.limits import BodySizeLimitMiddleware
 from berth_api.middleware import RequestIdMiddleware
+from berth_api.protocols.v2 import InferenceRequest
 from berth_api.publisher import RedisGateway
 from berth_api.registry import ModelRegistry
-from berth_api.routes import health, models, predict, predictions
+from berth_api.routes import health, models, predict, predictions, v2
 from berth_api.service import PredictionService
 from berth_common.logconfig import configure_logging
 from berth_common.settings import ApiSettings, load_or_exit
@@ -60,7 +63,7 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
         title="Berth",
         summary="scikit-learn models over REST, every prediction recorded in PostgreSQL",
         description=package_doc or "",
-        version="0.1.0",
+        version=__version__,
         lifespan=lifespan,
     )
     install_error_handlers(app)
@@ -68,7 +71,29 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
     for module in (predict, models, predictions):
         app.include_router(module.router, dependencies=protected)
     app.include_router(health.router)
+    app.include_router(v2.router)
+    app.include_router(v2.models_router)
     # the last added runs first: every response, a 413 included, carries the request id
+    app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
     app.add_middleware(BodySizeLimitMiddleware, max_bytes=settings.max_body_bytes)
     app.add_middleware(RequestIdMiddleware, access_log=settings.access_log)
     return app
+
+
+def _openapi(app: FastAPI) -> dict[str, Any]:
+    """FastAPI's document, plus the schemas of bodies that routes parse themselves."""
+    if app.openapi_schema:
+        return app.openapi_schema
+    schema = get_openapi(
+        title=app.title,
+        version=app.version,
+        summary=app.summary,
+        description=app.description,
+        routes=app.routes,
+    )
+    components = schema.setdefault("components", {}).setdefault("schemas", {})
+    v2_request = InferenceRequest.model_json_schema(ref_template="#/components/schemas/{model}")
+    components.update(v2_request.pop("$defs", {}))
+    components["InferenceRequest"] = v2_request
+    app.openapi_schema = schema
+    return schema

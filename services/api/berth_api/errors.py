@@ -8,6 +8,7 @@ the offending field but never echo the submitted value back.
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -104,12 +105,14 @@ def problem_response(
     detail: str,
     errors: list[FieldError] | None = None,
     headers: dict[str, str] | None = None,
+    path: str = "",
 ) -> JSONResponse:
     body: dict[str, Any] = {
         "type": f"urn:berth:problem:{code}",
         "title": title,
         "status": status,
         "detail": detail,
+        **_protocol_members(path, status, detail),
     }
     request_id = request_id_var.get()
     if request_id:
@@ -117,6 +120,25 @@ def problem_response(
     if errors:
         body["errors"] = [{"field": e.field, "message": e.message} for e in errors]
     return JSONResponse(body, status_code=status, media_type=PROBLEM_JSON, headers=headers)
+
+
+# Clients of the standard protocols read the error where their protocol puts it; these members
+# are added to the problem document (RFC 9457 allows extensions), so one shape serves all.
+_MLFLOW_ERROR_CODES = {
+    400: "MALFORMED_REQUEST",
+    404: "RESOURCE_DOES_NOT_EXIST",
+    413: "BAD_REQUEST",
+    422: "INVALID_PARAMETER_VALUE",
+    401: "UNAUTHENTICATED",
+}
+
+
+def _protocol_members(path: str, status: int, detail: str) -> dict[str, str]:
+    if path.startswith("/v2/"):
+        return {"error": detail}
+    if path == "/invocations":
+        return {"error_code": _MLFLOW_ERROR_CODES.get(status, "INTERNAL_ERROR"), "message": detail}
+    return {}
 
 
 def _field_name(location: tuple[int | str, ...]) -> str:
@@ -127,26 +149,28 @@ def _field_name(location: tuple[int | str, ...]) -> str:
     return name or "body"
 
 
-async def _berth_error(_: Request, exc: Exception) -> JSONResponse:
+async def _berth_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, BerthError)
     return problem_response(
-        exc.status, exc.code, exc.title, exc.detail, exc.errors, headers=exc.headers
+        exc.status, exc.code, exc.title, exc.detail, exc.errors, exc.headers, request.url.path
     )
 
 
-async def _validation_error(_: Request, exc: Exception) -> JSONResponse:
-    assert isinstance(exc, RequestValidationError)
-    raw = exc.errors()
+def invalid_body(raw: Sequence[Any]) -> BerthError:
+    """The error for a body that failed validation, from pydantic's error list (no inputs)."""
     if any(error.get("type") == "json_invalid" for error in raw):
-        return problem_response(
-            400, MalformedRequest.code, MalformedRequest.title, "the request body is not valid JSON"
-        )
+        return MalformedRequest("the request body is not valid JSON")
     errors = [FieldError(_field_name(tuple(e.get("loc", ()))), str(e.get("msg"))) for e in raw]
     detail = "; ".join(f"{e.field}: {e.message}" for e in errors[:3])
-    return problem_response(422, InvalidInput.code, InvalidInput.title, detail, errors)
+    return InvalidInput(detail, errors)
 
 
-async def _http_error(_: Request, exc: Exception) -> JSONResponse:
+async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, RequestValidationError)
+    return await _berth_error(request, invalid_body(exc.errors()))
+
+
+async def _http_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, StarletteHTTPException)
     code = {404: "not-found", 405: "method-not-allowed"}.get(exc.status_code, "http-error")
     title = str(exc.detail) if isinstance(exc.detail, str) else "HTTP error"
@@ -160,7 +184,13 @@ async def _http_error(_: Request, exc: Exception) -> JSONResponse:
 
 async def _unexpected_error(request: Request, exc: Exception) -> JSONResponse:
     logger.exception("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
-    return problem_response(500, BerthError.code, BerthError.title, "an unexpected error occurred")
+    return problem_response(
+        500,
+        BerthError.code,
+        BerthError.title,
+        "an unexpected error occurred",
+        path=request.url.path,
+    )
 
 
 def install_error_handlers(app: FastAPI) -> None:

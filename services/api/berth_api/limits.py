@@ -61,5 +61,6 @@ class BodySizeLimitMiddleware:
             BodyTooLarge.title,
             f"the request body is larger than {self.max_bytes} bytes (MAX_BODY_BYTES)",
             headers={"Connection": "close"},
+            path=scope["path"],
         )
         await response(scope, receive, send)

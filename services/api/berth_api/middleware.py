@@ -59,6 +59,7 @@ class RequestIdMiddleware:
                     "invalid-request-id",
                     "Invalid request id",
                     "X-Request-ID must be 1-128 characters: letters, digits, '.', '_', ':' or '-'",
+                    path=scope["path"],
                 )
                 await response(scope, receive, send_with_id)
             else:
