@@ -24,7 +24,7 @@ from berth_api.middleware import RequestIdMiddleware
 from berth_api.protocols.v2 import InferenceRequest
 from berth_api.publisher import RedisGateway
 from berth_api.registry import ModelRegistry
-from berth_api.routes import health, models, predict, predictions, v2
+from berth_api.routes import health, mlflow, models, predict, predictions, v2
 from berth_api.service import PredictionService
 from berth_common.logconfig import configure_logging
 from berth_common.settings import ApiSettings, load_or_exit
@@ -73,6 +73,7 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
     app.include_router(health.router)
     app.include_router(v2.router)
     app.include_router(v2.models_router)
+    app.include_router(mlflow.router)
     # the last added runs first: every response, a 413 included, carries the request id
     app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
     app.add_middleware(BodySizeLimitMiddleware, max_bytes=settings.max_body_bytes)
