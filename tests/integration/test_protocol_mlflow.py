@@ -84,8 +84,9 @@ def test_csv(client: TestClient, redis_client: redis.Redis, settings: ApiSetting
     assert response.status_code == 200, response.text
     assert response.json() == {"predictions": ["setosa", "virginica"]}
     # every door leads to the ledger
-    [(_, fields)] = redis_client.xrange(settings.ledger_stream)
-    records = decode_entry(fields)
+    entries = redis_client.xrange(settings.ledger_stream)
+    assert len(entries) == 1
+    records = decode_entry(entries[0][1])
     assert [(r.request_id, r.row_index, r.prediction) for r in records] == [
         ("csv-1", 0, "setosa"),
         ("csv-1", 1, "virginica"),
