@@ -1,4 +1,9 @@
-"""Calls a bundle's model on validated rows and turns numpy output into plain JSON values."""
+"""Calls a bundle's model on validated rows and turns numpy output into plain JSON values.
+
+A model fitted on a DataFrame (it has `feature_names_in_`, as every Pipeline with a
+ColumnTransformer selecting columns by name does) gets a DataFrame with those columns and the
+bundle's types; any other model gets a plain array, which is cheaper.
+"""
 
 from __future__ import annotations
 
@@ -7,12 +12,20 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+import pandas as pd
 
-from berth_api.bundles import Label, ModelBundle
+from berth_api.bundles import FeatureType, Label, ModelBundle
 from berth_api.errors import FieldError, UnpredictableInput
 from berth_api.features import Value
 
 logger = logging.getLogger(__name__)
+
+_PANDAS_TYPES: dict[FeatureType, str] = {
+    "number": "float64",
+    "integer": "int64",
+    "boolean": "bool",
+    "string": "object",
+}
 
 # Estimators whose predict() is, by their own definition, the class of highest predict_proba:
 # for them one model call gives both label and probabilities, halving the cost of a request.
@@ -35,7 +48,11 @@ class ModelOutput:
 class Predictor:
     def __init__(self, bundle: ModelBundle) -> None:
         self._model = bundle.model
-        self._numeric = all(f.type in ("number", "integer") for f in bundle.metadata.features)
+        features = bundle.metadata.features
+        self._numeric = all(f.type in ("number", "integer") for f in features)
+        self._columns: list[tuple[str, str]] | None = None
+        if hasattr(self._model, "feature_names_in_"):
+            self._columns = [(f.name, _PANDAS_TYPES[f.type]) for f in features]
         self._has_proba = hasattr(self._model, "predict_proba") and hasattr(self._model, "classes_")
         final = self._model.steps[-1][1] if hasattr(self._model, "steps") else self._model
         self._label_from_proba = self._has_proba and type(final).__name__ in (
@@ -45,8 +62,8 @@ class Predictor:
 
     def predict(self, rows: list[list[Value]]) -> list[ModelOutput]:
         """Blocking: run it in a thread, never on the event loop."""
-        matrix = np.asarray(rows, dtype=np.float64 if self._numeric else object)
         try:
+            matrix = self._matrix(rows)
             # overflow is detected below and answered as a 422; numpy need not warn about it too
             with np.errstate(over="ignore", invalid="ignore"):
                 return self._predict(matrix)
@@ -60,9 +77,19 @@ class Predictor:
                 [FieldError("instances", "refused by the model")],
             ) from exc
 
+    def _matrix(self, rows: list[list[Value]]) -> Any:
+        if self._columns is None:
+            return np.asarray(rows, dtype=np.float64 if self._numeric else object)
+        return pd.DataFrame(
+            {
+                name: pd.Series([row[i] for row in rows], dtype=dtype)
+                for i, (name, dtype) in enumerate(self._columns)
+            }
+        )
+
     def _predict(self, matrix: Any) -> list[ModelOutput]:
         if not self._has_proba:
-            labels = self._model.predict(matrix)
+            labels = np.asarray(self._model.predict(matrix))
             if labels.dtype.kind == "f" and not np.isfinite(labels).all():
                 _refuse(np.isfinite(labels))
             return [ModelOutput(_plain(label), None) for label in labels]

@@ -10,7 +10,13 @@ import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from berth_api.bundles import BundleError, ModelBundle, bundle_dirs, load_bundle
+from berth_api.bundles import (
+    BundleError,
+    ModelBundle,
+    bundle_dirs,
+    load_bundle,
+    version_sort_key,
+)
 from berth_api.errors import ModelNotFound, ModelNotReady
 from berth_api.predictor import Predictor
 from berth_common.settings import ApiSettings
@@ -73,6 +79,10 @@ class ModelRegistry:
         if failure is not None:
             raise ModelNotReady(f"model {name}/{version} is not served: {failure}")
         raise ModelNotFound(f"no version {version!r} of model {name!r}")
+
+    def versions(self, name: str) -> list[str]:
+        """The loaded versions of a model, oldest first (2 before 10)."""
+        return sorted((v for n, v in self.models if n == name), key=version_sort_key)
 
     def default(self) -> ServedModel:
         return self.get(self.default_model)

@@ -18,7 +18,6 @@ async def list_models(state: State) -> ModelList:
     registry = state.registry
     summaries = []
     for name in sorted(registry.resolved):
-        versions = sorted(v for n, v in registry.models if n == name)
         try:
             metadata = registry.get(name).bundle.metadata
         except (ModelNotFound, ModelNotReady):  # listed with its reason in /readyz
@@ -27,7 +26,7 @@ async def list_models(state: State) -> ModelList:
             ModelSummary(
                 name=name,
                 version=metadata.version,
-                versions=versions,
+                versions=registry.versions(name),
                 task=metadata.task,
                 estimator=metadata.estimator,
                 features=metadata.feature_names,

@@ -43,8 +43,7 @@ async def server_metadata() -> dict[str, object]:
 
 
 def _metadata(state: State, served: ServedModel) -> v2.ModelMetadata:
-    name = served.bundle.name
-    versions = sorted(v for n, v in state.registry.models if n == name)
+    versions = state.registry.versions(served.bundle.name)
     return v2.model_metadata(served.bundle.metadata, versions)
 
 

@@ -1,0 +1,261 @@
+"""`python -m berth_api.package MODEL --name N --version V [--sample CSV]`: make a bundle.
+
+Turns a fitted scikit-learn estimator or Pipeline saved with joblib into a bundle the API serves.
+Feature names come from the estimator (`feature_names_in_`) or the sample's header, types from
+the sample's values (numbers unless a sample says otherwise). Before anything is written, the
+model must predict on the sample (or on a row of zeros) through the very code the API uses, so a
+bundle that is written is a bundle that serves; what cannot be served is refused with the reason.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import os
+import sys
+import warnings
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import joblib
+import numpy as np
+import sklearn
+from sklearn.exceptions import InconsistentVersionWarning
+
+from berth_api.bundles import (
+    BundleError,
+    BundleMetadata,
+    FeatureSpec,
+    FeatureType,
+    ModelBundle,
+    write_bundle,
+)
+from berth_api.errors import BerthError
+from berth_api.features import rows_from_instances
+from berth_api.predictor import Predictor
+
+SAMPLE_ROWS_CHECKED = 100
+
+
+class PackagingError(Exception):
+    """What the model or the sample lacks for the API to serve it; the message says what."""
+
+
+def load_model(path: Path, *, allow_version_mismatch: bool = False) -> Any:
+    if not path.is_file():
+        raise PackagingError(f"{path} does not exist")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", InconsistentVersionWarning)
+        try:
+            model = joblib.load(path)
+        except InconsistentVersionWarning as warning:
+            if not allow_version_mismatch:
+                raise PackagingError(
+                    f"{path} was saved with scikit-learn {warning.original_sklearn_version}, "
+                    f"this image runs {sklearn.__version__}; re-save it with "
+                    f"{sklearn.__version__}, or pass --allow-version-mismatch"
+                ) from None
+            warnings.simplefilter("ignore", InconsistentVersionWarning)
+            model = joblib.load(path)
+        except Exception as exc:  # unpickling raises whatever the pickled code raises
+            raise PackagingError(f"{path} could not be loaded with joblib: {exc!r}") from exc
+    if not hasattr(model, "predict"):
+        raise PackagingError(f"{path} holds a {type(model).__name__}, which has no predict()")
+    return model
+
+
+def read_sample(path: Path) -> tuple[list[str], list[list[str]]]:
+    with path.open(newline="", encoding="utf-8-sig") as handle:
+        reader = csv.reader(handle)
+        try:
+            header = [name.strip() for name in next(reader)]
+        except StopIteration:
+            raise PackagingError(f"{path} is empty; it needs a header row and rows") from None
+        rows = [row for row in reader if row]
+    if not rows:
+        raise PackagingError(f"{path} has a header but no rows")
+    for line, row in enumerate(rows, start=2):
+        if len(row) != len(header):
+            raise PackagingError(
+                f"{path} line {line} has {len(row)} fields, the header {len(header)}"
+            )
+    return header, rows
+
+
+def infer_features(
+    model: Any, sample: tuple[list[str], list[list[str]]] | None
+) -> list[FeatureSpec]:
+    names = _feature_names(model, sample)
+    if sample is None:
+        return [FeatureSpec(name=name, type="number") for name in names]
+    header, rows = sample
+    missing = [name for name in names if name not in header]
+    if missing:
+        raise PackagingError(f"the sample has no column for feature(s): {', '.join(missing)}")
+    columns = {name: [row[header.index(name)] for row in rows] for name in names}
+    return [FeatureSpec(name=name, type=_column_type(columns[name])) for name in names]
+
+
+def _feature_names(model: Any, sample: tuple[list[str], list[list[str]]] | None) -> list[str]:
+    fitted = getattr(model, "feature_names_in_", None)
+    if fitted is not None:
+        return [str(name) for name in fitted]
+    count = getattr(model, "n_features_in_", None)
+    if sample is not None:
+        header = sample[0]
+        if count is not None and count != len(header):
+            raise PackagingError(
+                f"the model takes {count} features, the sample has {len(header)} columns"
+            )
+        return header
+    if count is None:
+        raise PackagingError(
+            "the model records neither feature_names_in_ nor n_features_in_; pass --sample "
+            "with a header row naming the features in order"
+        )
+    return [f"x{i}" for i in range(int(count))]
+
+
+def _column_type(values: list[str]) -> FeatureType:
+    def all_parse(kind: type) -> bool:
+        try:
+            for value in values:
+                kind(value)
+        except ValueError:
+            return False
+        return True
+
+    lowered = {value.strip().lower() for value in values}
+    if lowered <= {"true", "false"}:
+        return "boolean"
+    if all_parse(float) and all(np.isfinite(float(v)) for v in values):
+        return "number"
+    return "string"
+
+
+def sample_instances(
+    features: list[FeatureSpec], sample: tuple[list[str], list[list[str]]] | None
+) -> list[dict[str, Any]]:
+    if sample is None:
+        return [{feature.name: _zero(feature.type) for feature in features}]
+    header, rows = sample
+    return [
+        {f.name: _parse(row[header.index(f.name)], f.type) for f in features}
+        for row in rows[:SAMPLE_ROWS_CHECKED]
+    ]
+
+
+def _zero(kind: FeatureType) -> Any:
+    return {"number": 0.0, "integer": 0, "boolean": False, "string": ""}[kind]
+
+
+def _parse(value: str, kind: FeatureType) -> Any:
+    if kind == "number":
+        return float(value)
+    if kind == "integer":
+        return int(value)
+    if kind == "boolean":
+        return value.strip().lower() == "true"
+    return value
+
+
+def check_serves(model: Any, features: list[FeatureSpec], instances: list[dict[str, Any]]) -> int:
+    """Predicts the sample through the API's own validation and predictor; rows predicted."""
+    if getattr(model, "n_outputs_", 1) != 1:
+        raise PackagingError("models with several outputs per row are not supported")
+    classes = getattr(model, "classes_", None)
+    if classes is not None and np.ndim(classes) != 1:
+        raise PackagingError("multi-label classifiers (2-D classes_) are not supported")
+    metadata = BundleMetadata(
+        name="candidate",
+        version="0",
+        created_at=datetime.now(UTC),
+        task="classification" if classes is not None else "regression",
+        estimator=type(model).__name__,
+        features=features,
+        python_version="",
+        sklearn_version=sklearn.__version__,
+        joblib_version=joblib.__version__,
+        sha256="0" * 64,
+    )
+    try:
+        rows = rows_from_instances(
+            metadata, instances, max_rows=len(instances), max_string_length=10**6
+        )
+        outputs = Predictor(ModelBundle(metadata, model, Path("."))).predict(rows)
+    except BerthError as exc:
+        raise PackagingError(f"the model cannot predict the sample: {exc.detail}") from exc
+    except BundleError as exc:
+        raise PackagingError(str(exc)) from exc
+    return len(outputs)
+
+
+def package(
+    model_path: Path,
+    models_dir: Path,
+    name: str,
+    version: str,
+    sample_path: Path | None = None,
+    *,
+    description: str = "",
+    allow_version_mismatch: bool = False,
+) -> BundleMetadata:
+    model = load_model(model_path, allow_version_mismatch=allow_version_mismatch)
+    sample = read_sample(sample_path) if sample_path is not None else None
+    features = infer_features(model, sample)
+    check_serves(model, features, sample_instances(features, sample))
+    try:
+        return write_bundle(
+            models_dir,
+            model=model,
+            name=name,
+            version=version,
+            features=features,
+            description=description,
+        )
+    except BundleError as exc:
+        raise PackagingError(str(exc)) from exc
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m berth_api.package",
+        description="Package a fitted scikit-learn model saved with joblib as a Berth bundle.",
+    )
+    parser.add_argument("model", type=Path, help="the .joblib file")
+    parser.add_argument("--name", required=True)
+    parser.add_argument("--version", required=True)
+    parser.add_argument("--sample", type=Path, help="CSV with a header row: names, types, a check")
+    parser.add_argument(
+        "--models-dir", type=Path, default=Path(os.environ.get("MODELS_DIR", "/models"))
+    )
+    parser.add_argument("--description", default="")
+    parser.add_argument("--allow-version-mismatch", action="store_true")
+    args = parser.parse_args(argv)
+    try:
+        metadata = package(
+            args.model,
+            args.models_dir,
+            args.name,
+            args.version,
+            args.sample,
+            description=args.description,
+            allow_version_mismatch=args.allow_version_mismatch,
+        )
+    except PackagingError as exc:
+        print(f"berth package: refused: {exc}", file=sys.stderr)
+        return 1
+    kinds = ", ".join(f"{f.name}:{f.type}" for f in metadata.features)
+    print(
+        f"packaged {metadata.name}/{metadata.version} ({metadata.estimator}, {metadata.task}) "
+        f"into {args.models_dir}\n  features: {kinds}\n"
+        f"  classes: {metadata.classes}\n  sha256: {metadata.sha256}\n"
+        "restart the api to serve it: docker compose restart api"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
