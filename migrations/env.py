@@ -22,7 +22,7 @@ def _url() -> str:
     override = config.attributes.get("database_url")
     if override is not None:
         return str(override)
-    return CommonSettings().database_url.render_as_string(hide_password=False)  # type: ignore[call-arg]
+    return CommonSettings().database_url.render_as_string(hide_password=False)
 
 
 def run_migrations_offline() -> None:

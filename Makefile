@@ -1,0 +1,135 @@
+# Berth: thin wrappers, so that people, CI and hooks run the very same commands.
+#   make up | down | clean | logs | ps | build | train | package | migrate | psql   the stack
+#   make fmt | lint | typecheck | test-local                                 a local .venv
+#   make test                                                                everything, in containers
+SHELL := bash
+.SHELLFLAGS := -eu -o pipefail -c
+.DEFAULT_GOAL := help
+
+COMPOSE ?= docker compose
+PYTHON ?= python3
+VENV := .venv
+WAIT_TIMEOUT ?= 600
+
+# `make test` runs its own stack beside the developer's, under another project name (its own
+# containers, network and volumes) with its own env file and API port.
+TEST_PROJECT := berth-test
+TEST_ENV := .env.test
+TEST_API_PORT ?= 18000
+TEST_COMPOSE := COMPOSE_PROJECT_NAME=$(TEST_PROJECT) $(COMPOSE) --env-file $(TEST_ENV)
+
+PREDICT_BODY := {"features": [5.1, 3.5, 1.4, 0.2]}
+
+.PHONY: help up down clean logs ps build train package migrate psql fmt lint typecheck test test-local
+
+help: ## list the targets
+	@awk 'BEGIN { FS = ":.*## " } /^[a-z-]+:.*## / { printf "  make %-11s %s\n", $$1, $$2 }' $(MAKEFILE_LIST)
+
+.env:
+	scripts/init-env.sh $@
+
+$(TEST_ENV):
+	scripts/init-env.sh $@ API_PORT=$(TEST_API_PORT)
+
+# ---- the stack -------------------------------------------------------------------------------
+
+up: .env ## build, start, wait until every service is healthy; print where the API is
+	$(COMPOSE) build
+	$(COMPOSE) up --detach --wait --wait-timeout $(WAIT_TIMEOUT)
+	@address=$$($(COMPOSE) port api 8000); address=$${address/0.0.0.0/127.0.0.1}; \
+	body='$(PREDICT_BODY)'; \
+	echo; \
+	echo "Berth is up."; \
+	echo "  API:   http://$$address"; \
+	echo "  Docs:  http://$$address/docs"; \
+	echo "  Try:   curl -s -X POST http://$$address/predict -H 'Content-Type: application/json' -d '$$body'"
+
+down: .env ## stop and remove the containers; the data volumes stay
+	$(COMPOSE) down --remove-orphans
+
+clean: .env ## stop and remove the containers and delete the volumes (database, Redis, models)
+	$(COMPOSE) --profile test down --volumes --remove-orphans
+
+logs: .env ## follow the logs (one service: make logs S=api)
+	$(COMPOSE) logs --follow --tail=200 $(S)
+
+ps: .env ## list the containers and their health
+	$(COMPOSE) ps --all
+
+build: .env ## build the images
+	$(COMPOSE) build
+
+train: .env ## retrain the demo model iris/1 into the models volume; restart a running api
+	$(COMPOSE) build api
+	$(COMPOSE) run --rm seed-model python -m berth_api.train --models-dir /models --force
+	@if [ -n "$$($(COMPOSE) ps --status running --quiet api)" ]; then \
+	  $(COMPOSE) restart api && $(COMPOSE) up --detach --no-deps --wait api; \
+	fi
+
+# The files are mounted read-only into a one-off api container, which writes the bundle into the
+# models volume; the api serves it after a restart.
+package: .env ## package a fitted model: MODEL=model.joblib NAME=churn VERSION=3 [SAMPLE=sample.csv]
+	@if [ -z "$(MODEL)" ] || [ -z "$(NAME)" ] || [ -z "$(VERSION)" ]; then \
+	  echo "usage: make package MODEL=path/to/model.joblib NAME=churn VERSION=3 [SAMPLE=path/to/sample.csv]" >&2; \
+	  exit 2; \
+	fi
+	$(COMPOSE) build api
+	$(COMPOSE) run --rm --no-deps \
+	  -v "$(abspath $(MODEL)):/input/model.joblib:ro" \
+	  $(if $(SAMPLE),-v "$(abspath $(SAMPLE)):/input/sample.csv:ro") \
+	  seed-model python -m berth_api.package /input/model.joblib \
+	  --name "$(NAME)" --version "$(VERSION)" --models-dir /models \
+	  $(if $(SAMPLE),--sample /input/sample.csv)
+
+migrate: .env ## apply the database migrations (alembic upgrade head)
+	$(COMPOSE) build worker
+	$(COMPOSE) run --rm migrate
+
+# SQL on standard input works too: echo 'SELECT count(*) FROM predictions' | make psql
+psql: .env ## open psql on the stack's database
+	@tty=; [ -t 0 ] || tty=--no-TTY; \
+	$(COMPOSE) exec $$tty postgres sh -c 'exec psql -v ON_ERROR_STOP=1 -U "$$POSTGRES_USER" -d "$$POSTGRES_DB"'
+
+# ---- in a local virtualenv -------------------------------------------------------------------
+
+$(VENV)/.installed: requirements/worker.txt requirements/api.txt requirements/dev.txt
+	[ -x $(VENV)/bin/python ] || $(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install --quiet --disable-pip-version-check -r requirements/dev.txt
+	$(VENV)/bin/pip install --quiet --disable-pip-version-check --no-deps \
+	  -e services/common -e services/api -e services/worker
+	touch $@
+
+fmt: $(VENV)/.installed ## format the code and apply the safe lint fixes
+	$(VENV)/bin/ruff format .
+	$(VENV)/bin/ruff check --fix .
+
+lint: $(VENV)/.installed ## ruff lint and format check
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+typecheck: $(VENV)/.installed ## mypy, strict
+	$(VENV)/bin/mypy .
+
+# The PostgreSQL and Redis of this machine (127.0.0.1, see tests/conftest.py); the e2e tests skip
+# because BERTH_API_URL is unset.
+test-local: $(VENV)/.installed ## unit and integration tests against this machine's PostgreSQL and Redis
+	env -u BERTH_API_URL $(VENV)/bin/pytest tests/unit tests/integration tests/e2e
+
+# ---- everything, in containers ---------------------------------------------------------------
+
+# Needs only Docker, make and git. The test project is torn down with its volumes whatever
+# happens, and the exit status is that of the first step that failed.
+test: $(TEST_ENV) ## lint, typecheck, alembic check, unit + integration + e2e tests in containers
+	@trap '$(TEST_COMPOSE) --profile test down --volumes --remove-orphans --timeout 10 >/dev/null 2>&1' EXIT; \
+	status=0; \
+	$(TEST_COMPOSE) --profile test down --volumes --remove-orphans >/dev/null 2>&1; \
+	$(TEST_COMPOSE) --profile test build \
+	  && $(TEST_COMPOSE) up --detach --wait --wait-timeout $(WAIT_TIMEOUT) \
+	  && $(TEST_COMPOSE) --profile test run --rm --no-deps tests \
+	  || status=$$?; \
+	if [ $$status -ne 0 ]; then \
+	  echo "make test: failed (exit $$status); state and logs of $(TEST_PROJECT):" >&2; \
+	  $(TEST_COMPOSE) ps --all >&2 || true; \
+	  $(TEST_COMPOSE) logs --no-color --tail=100 >&2 || true; \
+	fi; \
+	exit $$status
