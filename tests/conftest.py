@@ -1,8 +1,9 @@
 """Settings for every test level.
 
 By default the tests talk to the PostgreSQL and Redis of a developer machine (127.0.0.1, trust
-auth, database `test`); the tests container of `make test` points the same variables at the
-compose stack. Each test gets its own Redis key prefix, so runs never see each other's streams.
+auth); the tests container of `make test` points the same variables at the compose stack. Each
+run migrates a database of its own (POSTGRES_DB plus a random suffix, dropped at the end) and
+each test gets its own Redis key prefix, so concurrent runs never see each other's data.
 """
 
 from __future__ import annotations
@@ -27,6 +28,9 @@ HOST_DEFAULTS = {
     "REDIS_PASSWORD": "local-test-password",
 }
 ROOT = Path(__file__).resolve().parent.parent
+RUN_DATABASE = (
+    f"{os.environ.get('POSTGRES_DB', HOST_DEFAULTS['POSTGRES_DB'])}_{uuid.uuid4().hex[:8]}"
+)
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -38,9 +42,11 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             item.add_marker(pytest.mark.e2e)
 
 
-def service_env() -> dict[str, str]:
+def service_env(database: str = RUN_DATABASE) -> dict[str, str]:
     """Connection settings as keyword arguments, the environment winning over host defaults."""
-    return {key.lower(): os.environ.get(key, default) for key, default in HOST_DEFAULTS.items()}
+    env = {key.lower(): os.environ.get(key, default) for key, default in HOST_DEFAULTS.items()}
+    env["postgres_db"] = database
+    return env
 
 
 @pytest.fixture

@@ -13,11 +13,12 @@ import redis
 import uvicorn
 from alembic import command
 from alembic.config import Config
+from fastapi.testclient import TestClient
 from sqlalchemy import Engine, create_engine, text
 
 from berth_api.app import create_app
 from berth_common.settings import ApiSettings, CommonSettings
-from tests.conftest import ROOT, service_env
+from tests.conftest import ROOT, RUN_DATABASE, service_env
 
 
 def alembic_config(url: str) -> Config:
@@ -28,17 +29,19 @@ def alembic_config(url: str) -> Config:
 
 
 @pytest.fixture(scope="session")
-def database_url() -> str:
-    """The test database, migrated from scratch once per session."""
-    settings = CommonSettings(**service_env())  # type: ignore[arg-type]
-    url = settings.database_url.render_as_string(hide_password=False)
-    engine = create_engine(url)
-    with engine.begin() as connection:
-        for table in ("predictions", "ledger_dead_letters", "alembic_version"):
-            connection.execute(text(f'DROP TABLE IF EXISTS "{table}" CASCADE'))
-    engine.dispose()
+def database_url() -> Iterator[str]:
+    """This run's own database, created and migrated from scratch, dropped at the end."""
+    # the maintenance database always exists and lets us create and drop the run's database
+    admin_settings = CommonSettings(**service_env("postgres"))  # type: ignore[arg-type]
+    admin = create_engine(admin_settings.database_url, isolation_level="AUTOCOMMIT")
+    with admin.connect() as connection:
+        connection.execute(text(f'CREATE DATABASE "{RUN_DATABASE}"'))
+    url = CommonSettings(**service_env()).database_url.render_as_string(hide_password=False)  # type: ignore[arg-type]
     command.upgrade(alembic_config(url), "head")
-    return url
+    yield url
+    with admin.connect() as connection:
+        connection.execute(text(f'DROP DATABASE IF EXISTS "{RUN_DATABASE}" WITH (FORCE)'))
+    admin.dispose()
 
 
 @pytest.fixture(scope="session")
@@ -65,9 +68,20 @@ def redis_client(common_settings: CommonSettings) -> Iterator[redis.Redis]:
 
 
 @pytest.fixture
-def live_api(api_settings: ApiSettings, iris_models_dir: Path) -> Iterator[str]:
+def settings(api_settings: ApiSettings, iris_models_dir: Path) -> ApiSettings:
+    """API settings serving the demo bundle; modules that serve more override this fixture."""
+    return api_settings.model_copy(update={"models_dir": iris_models_dir})
+
+
+@pytest.fixture
+def client(settings: ApiSettings, redis_client: redis.Redis) -> Iterator[TestClient]:
+    with TestClient(create_app(settings), raise_server_exceptions=False) as client:
+        yield client
+
+
+@pytest.fixture
+def live_api(settings: ApiSettings) -> Iterator[str]:
     """The API on a real socket, for client libraries that bring their own HTTP stack."""
-    settings = api_settings.model_copy(update={"models_dir": iris_models_dir})
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]

@@ -19,17 +19,6 @@ SETOSA = [5.1, 3.5, 1.4, 0.2]
 VIRGINICA = {"sepal_length": 6.7, "sepal_width": 3.0, "petal_length": 5.2, "petal_width": 2.3}
 
 
-@pytest.fixture
-def settings(api_settings: ApiSettings, iris_models_dir: Path) -> ApiSettings:
-    return api_settings.model_copy(update={"models_dir": iris_models_dir})
-
-
-@pytest.fixture
-def client(settings: ApiSettings, redis_client: redis.Redis) -> Iterator[TestClient]:
-    with TestClient(create_app(settings), raise_server_exceptions=False) as client:
-        yield client
-
-
 def ledger_entries(redis_client: redis.Redis, settings: ApiSettings) -> list[Any]:
     entries = redis_client.xrange(settings.ledger_stream)
     return [record for _, fields in entries for record in decode_entry(fields)]

@@ -2,27 +2,18 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
-from pathlib import Path
+from collections.abc import Callable
 
 import pytest
 import redis
 from fastapi.testclient import TestClient
 from sqlalchemy import Engine, text
 
-from berth_api.app import create_app
-from berth_common.settings import ApiSettings, WorkerSettings
+from berth_common.settings import WorkerSettings
 from berth_worker.consumer import LedgerConsumer
 from berth_worker.writer import LedgerWriter
 
 SETOSA = [5.1, 3.5, 1.4, 0.2]
-
-
-@pytest.fixture
-def client(api_settings: ApiSettings, iris_models_dir: Path) -> Iterator[TestClient]:
-    settings = api_settings.model_copy(update={"models_dir": iris_models_dir})
-    with TestClient(create_app(settings), raise_server_exceptions=False) as client:
-        yield client
 
 
 @pytest.fixture

@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import redis
 from fastapi.testclient import TestClient
 
-from berth_api.app import create_app
 from berth_api.package import package
 from berth_common.ledger import decode_entry
 from berth_common.settings import ApiSettings
@@ -27,12 +25,6 @@ def settings(api_settings: ApiSettings, iris_models_dir: Path, tmp_path: Path) -
     package(save(spend_regressor(), tmp_path / "r.joblib"), iris_models_dir, "spend", "1")
     package(save(no_proba_classifier(), tmp_path / "s.joblib"), iris_models_dir, "svc", "1")
     return api_settings.model_copy(update={"models_dir": iris_models_dir})
-
-
-@pytest.fixture
-def client(settings: ApiSettings, redis_client: redis.Redis) -> Iterator[TestClient]:
-    with TestClient(create_app(settings), raise_server_exceptions=False) as client:
-        yield client
 
 
 def test_all_models_are_served_at_their_highest_version(client: TestClient) -> None:

@@ -2,32 +2,18 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
 import redis
 from fastapi.testclient import TestClient
 
-from berth_api.app import create_app
 from berth_common.ledger import decode_entry
 from berth_common.settings import ApiSettings
 
 COLUMNS = ["sepal_length", "sepal_width", "petal_length", "petal_width"]
 SETOSA = [5.1, 3.5, 1.4, 0.2]
 VIRGINICA = [6.7, 3.0, 5.2, 2.3]
-
-
-@pytest.fixture
-def settings(api_settings: ApiSettings, iris_models_dir: Path) -> ApiSettings:
-    return api_settings.model_copy(update={"models_dir": iris_models_dir})
-
-
-@pytest.fixture
-def client(settings: ApiSettings, redis_client: redis.Redis) -> Iterator[TestClient]:
-    with TestClient(create_app(settings), raise_server_exceptions=False) as client:
-        yield client
 
 
 def test_ping(client: TestClient) -> None:

@@ -106,7 +106,8 @@ def test_versions_sort_numerically(models_dir: Path) -> None:
 def test_non_finite_model_output_is_a_422(models_dir: Path) -> None:
     from berth_api.errors import UnpredictableInput
 
-    model = LinearRegression().fit(np.array([[0.0], [1.0]]), np.array([0.0, 1e300]))
+    model = LinearRegression().fit(np.array([[0.0], [1.0]]), np.array([0.0, 1.0]))
+    model.coef_ = np.array([1e300])  # any input above 1e8 now overflows to infinity
     write_bundle(
         models_dir, model=model, name="line", version="1", features=[FeatureSpec(name="x")]
     )
