@@ -90,3 +90,29 @@ def test_regressor_and_classifier_without_probabilities(client: TestClient) -> N
     assert v2["outputs"] == [
         {"name": "label", "shape": [1], "datatype": "FP64", "data": [values[0]]}
     ]
+
+
+def test_openapi_describes_each_models_features(client: TestClient) -> None:
+    document = client.get("/openapi.json").json()
+    churn = document["paths"]["/v1/models/churn/predict"]["post"]
+    body = churn["requestBody"]["content"]["application/json"]
+    assert body["example"]["instances"][0]["plan"] in ("basic", "pro", "team")
+    rows = document["components"]["schemas"]["ChurnRows"]["properties"]["instances"]["items"]
+    by_name = rows["anyOf"][0]["properties"]
+    assert by_name == {
+        "tenure_months": {"type": "number"},
+        "monthly_spend": {"type": "number"},
+        "plan": {"type": "string"},
+        "region": {"type": "string"},
+    }
+    assert "version 10" in churn["summary"]
+    iris = document["paths"]["/v1/models/iris/predict"]["post"]
+    assert iris["requestBody"]["content"]["application/json"]["example"] == {
+        "instances": [
+            {"sepal_length": 5.1, "sepal_width": 3.5, "petal_length": 1.4, "petal_width": 0.2}
+        ]
+    }
+    # the example is a request the model answers
+    example = iris["requestBody"]["content"]["application/json"]["example"]
+    assert client.post("/v1/models/iris/predict", json=example).status_code == 200
+    assert "InferenceRequest" in document["components"]["schemas"]

@@ -7,7 +7,6 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 from fastapi import Depends, FastAPI
-from fastapi.openapi.utils import get_openapi
 from redis.asyncio import Redis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
@@ -21,7 +20,7 @@ from berth_api.deps import ApiState
 from berth_api.errors import install_error_handlers
 from berth_api.limits import BodySizeLimitMiddleware
 from berth_api.middleware import RequestIdMiddleware
-from berth_api.protocols.v2 import InferenceRequest
+from berth_api.openapi import build_openapi
 from berth_api.publisher import RedisGateway
 from berth_api.registry import ModelRegistry
 from berth_api.routes import health, mlflow, models, predict, predictions, v2
@@ -46,9 +45,14 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
     settings = settings or load_or_exit(ApiSettings)
     configure_logging(settings.log_level, settings.log_format)
 
+    # The document lists each served model, so it is built after the lifespan loaded them.
+    openapi: dict[str, Any] = {}
+
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[dict[str, Any]]:
         registry = await run_in_threadpool(ModelRegistry.load, settings)
+        openapi.clear()
+        openapi["registry"] = registry
         redis = redis_client(settings)
         engine = create_engine(settings.database_url, pool_pre_ping=True, pool_size=4)
         gateway = RedisGateway(redis, settings.ledger_stream, settings.cache_ttl_seconds)
@@ -66,6 +70,13 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
         version=__version__,
         lifespan=lifespan,
     )
+
+    def document() -> dict[str, Any]:
+        if "document" not in openapi:
+            openapi["document"] = build_openapi(app, openapi.get("registry"))
+        return openapi["document"]  # type: ignore[no-any-return]
+
+    app.openapi = document  # type: ignore[method-assign]
     install_error_handlers(app)
     protected = [Depends(require_api_key)]
     for module in (predict, models, predictions):
@@ -75,26 +86,6 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
     app.include_router(v2.models_router)
     app.include_router(mlflow.router)
     # the last added runs first: every response, a 413 included, carries the request id
-    app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
     app.add_middleware(BodySizeLimitMiddleware, max_bytes=settings.max_body_bytes)
     app.add_middleware(RequestIdMiddleware, access_log=settings.access_log)
     return app
-
-
-def _openapi(app: FastAPI) -> dict[str, Any]:
-    """FastAPI's document, plus the schemas of bodies that routes parse themselves."""
-    if app.openapi_schema:
-        return app.openapi_schema
-    schema = get_openapi(
-        title=app.title,
-        version=app.version,
-        summary=app.summary,
-        description=app.description,
-        routes=app.routes,
-    )
-    components = schema.setdefault("components", {}).setdefault("schemas", {})
-    v2_request = InferenceRequest.model_json_schema(ref_template="#/components/schemas/{model}")
-    components.update(v2_request.pop("$defs", {}))
-    components["InferenceRequest"] = v2_request
-    app.openapi_schema = schema
-    return schema

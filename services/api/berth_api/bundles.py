@@ -65,6 +65,8 @@ class BundleMetadata(BaseModel):
     joblib_version: str
     sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
     description: str = ""
+    # One valid row, keyed by feature name: what /docs offers as the example request.
+    example: dict[str, Label] | None = None
 
     @property
     def feature_names(self) -> list[str]:
@@ -174,6 +176,7 @@ def write_bundle(
     features: list[FeatureSpec],
     metrics: dict[str, float] | None = None,
     description: str = "",
+    example: dict[str, Label] | None = None,
     replace: bool = False,
 ) -> BundleMetadata:
     """Writes a bundle atomically: readers see the old bundle or the new one, never half of one."""
@@ -205,6 +208,7 @@ def write_bundle(
             joblib_version=joblib.__version__,
             sha256=file_sha256(staging / MODEL_FILE),
             description=description,
+            example=example,
         )
         (staging / METADATA_FILE).write_text(
             json.dumps(metadata.model_dump(mode="json"), indent=2) + "\n"

@@ -205,7 +205,8 @@ def package(
     model = load_model(model_path, allow_version_mismatch=allow_version_mismatch)
     sample = read_sample(sample_path) if sample_path is not None else None
     features = infer_features(model, sample)
-    check_serves(model, features, sample_instances(features, sample))
+    instances = sample_instances(features, sample)
+    check_serves(model, features, instances)
     try:
         return write_bundle(
             models_dir,
@@ -214,6 +215,7 @@ def package(
             version=version,
             features=features,
             description=description,
+            example=instances[0],
         )
     except BundleError as exc:
         raise PackagingError(str(exc)) from exc

@@ -45,6 +45,7 @@ def train_demo(models_dir: Path, *, replace: bool = False) -> BundleMetadata:
             "test_rows": float(len(y_test)),
         },
         description="Demo: RandomForestClassifier(n_estimators=100) on scikit-learn's iris data.",
+        example=dict(zip(IRIS_FEATURES, [5.1, 3.5, 1.4, 0.2], strict=True)),
         replace=replace,
     )
 
