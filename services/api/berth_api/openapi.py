@@ -37,7 +37,63 @@ def build_openapi(app: FastAPI, registry: ModelRegistry | None) -> dict[str, Any
     components["InferenceRequest"] = v2_request
     if registry is not None:
         _add_model_paths(schema, registry)
+    _document_problems(schema)
     return schema
+
+
+# Errors any operation can answer: the middleware refuses oversized bodies (413) and unusable
+# request ids (400) everywhere, and every error is a problem document.
+_PROBLEM_STATUSES = {
+    400: "Malformed request (body or X-Request-ID)",
+    401: "Missing or wrong API key (when API_KEYS is set)",
+    404: "Unknown model, version, request id or route",
+    413: "Request body larger than MAX_BODY_BYTES",
+    415: "Unsupported content type",
+    422: "Invalid input; `errors` names each offending field",
+    500: "Unexpected error",
+    503: "Model not loaded or database unreachable",
+}
+PROBLEM_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "title": "Problem",
+    "description": "RFC 9457 problem details; /v2 paths add `error`, /invocations "
+    "`error_code` and `message`.",
+    "required": ["type", "title", "status", "detail"],
+    "properties": {
+        "type": {"type": "string"},
+        "title": {"type": "string"},
+        "status": {"type": "integer"},
+        "detail": {"type": "string"},
+        "request_id": {"type": "string"},
+        "errors": {
+            "type": "array",
+            "items": {
+                "type": "object",
+                "required": ["field", "message"],
+                "properties": {"field": {"type": "string"}, "message": {"type": "string"}},
+            },
+        },
+        "error": {"type": "string"},
+        "error_code": {"type": "string"},
+        "message": {"type": "string"},
+    },
+}
+
+
+def _document_problems(schema: dict[str, Any]) -> None:
+    components = schema["components"]["schemas"]
+    components["Problem"] = PROBLEM_SCHEMA
+    problem = {"application/problem+json": {"schema": {"$ref": "#/components/schemas/Problem"}}}
+    for operations in schema["paths"].values():
+        for operation in operations.values():
+            responses = operation.setdefault("responses", {})
+            for status, description in _PROBLEM_STATUSES.items():
+                entry = responses.setdefault(str(status), {"description": description})
+                if str(status) == "422":
+                    entry["content"] = {}  # FastAPI's default 422 body is not what we send
+                entry.setdefault("content", {}).update(problem)
+    for unused in ("HTTPValidationError", "ValidationError"):
+        components.pop(unused, None)
 
 
 def _add_model_paths(schema: dict[str, Any], registry: ModelRegistry) -> None:
