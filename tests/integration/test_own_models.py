@@ -8,6 +8,7 @@ import pytest
 import redis
 from fastapi.testclient import TestClient
 
+from berth_api.app import create_app
 from berth_api.package import package
 from berth_common.ledger import decode_entry
 from berth_common.settings import ApiSettings
@@ -116,3 +117,16 @@ def test_openapi_describes_each_models_features(client: TestClient) -> None:
     example = iris["requestBody"]["content"]["application/json"]["example"]
     assert client.post("/v1/models/iris/predict", json=example).status_code == 200
     assert "InferenceRequest" in document["components"]["schemas"]
+
+
+def test_pinned_versions(settings: ApiSettings) -> None:
+    pinned = settings.model_copy(update={"model_versions": "churn=2"})
+    with TestClient(create_app(pinned), raise_server_exceptions=False) as client:
+        response = client.post("/v1/models/churn/predict", json={"instances": [CUSTOMER]})
+        assert response.json()["model"] == {"name": "churn", "version": "2"}
+        assert client.get("/v1/models/churn").json()["version"] == "2"
+    missing = settings.model_copy(update={"model_versions": "churn=9"})
+    with TestClient(create_app(missing), raise_server_exceptions=False) as client:
+        response = client.post("/v1/models/churn/predict", json={"instances": [CUSTOMER]})
+        assert response.status_code == 404
+        assert "no version '9' of model 'churn'" in response.json()["detail"]

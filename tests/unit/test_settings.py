@@ -54,3 +54,12 @@ def test_load_or_exit_names_the_variable(
     assert "POSTGRES_PASSWORD: Field required" in err
     assert "REDIS_PASSWORD" in err
     assert "placeholder" in err
+
+
+def test_version_pins() -> None:
+    settings = ApiSettings(  # type: ignore[arg-type]
+        **GOOD, model_versions="churn=2, fraud = 7", default_model_version="3"
+    )
+    assert settings.version_pins == {"churn": "2", "fraud": "7", "iris": "3"}
+    with pytest.raises(ValidationError, match="MODEL_VERSIONS entries are name=version"):
+        ApiSettings(**GOOD, model_versions="churn")  # type: ignore[arg-type]

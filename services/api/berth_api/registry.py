@@ -57,9 +57,7 @@ class ModelRegistry:
                 registry.models[(name, bundle.version)] = ServedModel(bundle, Predictor(bundle))
                 logger.info("loaded bundle %s from %s", key, bundle_dir)
             registry.resolved[name] = versions[-1].name
-        pinned = settings.default_model_version
-        if pinned:
-            registry.resolved[settings.default_model] = pinned
+        registry.resolved.update(settings.version_pins)
         default = settings.default_model
         if default not in registry.resolved:
             reason = f"default model {default!r} has no bundle in {settings.models_dir}"

@@ -133,6 +133,8 @@ class ApiSettings(CommonSettings):
     default_model: str = "iris"
     # Which version of the default model to serve; empty means the highest version present.
     default_model_version: str = ""
+    # Pins for other names, "churn=2,fraud=7"; an unpinned name serves its highest version.
+    model_versions: str = ""
     max_batch_rows: PositiveInt = 1000
     max_string_length: PositiveInt = 1000
     # Bodies larger than this are refused with a 413 before any of them is parsed.
@@ -143,6 +145,26 @@ class ApiSettings(CommonSettings):
     # A cache or ledger call that takes longer than this counts as a Redis failure: the prediction
     # is still served, the cache skipped.
     redis_timeout_seconds: Annotated[float, Field(gt=0)] = 0.5
+
+    @field_validator("model_versions")
+    @classmethod
+    def _model_versions_parse(cls, value: str) -> str:
+        for item in filter(None, (part.strip() for part in value.split(","))):
+            name, _, version = item.partition("=")
+            if not name.strip() or not version.strip():
+                raise ValueError(f"MODEL_VERSIONS entries are name=version, got {item!r}")
+        return value
+
+    @property
+    def version_pins(self) -> dict[str, str]:
+        """The version each model name is pinned to; DEFAULT_MODEL_VERSION wins for the default."""
+        pins = {}
+        for item in filter(None, (part.strip() for part in self.model_versions.split(","))):
+            name, _, version = item.partition("=")
+            pins[name.strip()] = version.strip()
+        if self.default_model_version:
+            pins[self.default_model] = self.default_model_version
+        return pins
 
     @property
     def api_key_list(self) -> list[str]:
