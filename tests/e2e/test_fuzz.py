@@ -42,6 +42,7 @@ def test_fuzzing_the_stack_never_restarts_the_api(
     container = compose("ps", "--quiet", "api").stdout.strip()
     before = inspect(container)
     run = run_schemathesis(api_url, examples=EXAMPLES)
+    print(f"schemathesis: {run.cases} cases")
     print(run.output[-3000:])
     after = inspect(container)
     assert run.returncode == 0, run.output[-6000:]
