@@ -85,6 +85,8 @@ def api_settings(key_prefix: str, models_dir: Path) -> ApiSettings:
         **service_env(),
         redis_key_prefix=key_prefix,
         models_dir=models_dir,
+        spool_dir=models_dir.parent / "spool",
+        spool_replay_interval_seconds=0.1,
         api_workers=1,
     )
 

@@ -566,3 +566,26 @@ def test_group_is_recreated_when_the_stream_vanishes(
     assert [row["request_id"] for row in stored(engine)] == ["after", "before"]
     assert (outcome.entries, outcome.acked) == (1, 1)
     assert any("vanished" in r.message for r in caplog.records)
+
+
+def test_trimming_removes_only_acknowledged_entries(
+    worker_settings: WorkerSettings, redis_client: redis.Redis, engine: Engine
+) -> None:
+    consumer = make_consumer(worker_settings, redis_client, engine)
+    stored_ids = [publish(redis_client, worker_settings, make_record(f"t-{i}")) for i in range(3)]
+    consumer.run(until_idle=True)
+    # one entry delivered to a consumer that died before acknowledging it, one never delivered
+    pending_id = publish(redis_client, worker_settings, make_record("t-pending"))
+    redis_client.xreadgroup(
+        worker_settings.ledger_group, "dead", {worker_settings.ledger_stream: ">"}, count=1
+    )
+    unread_id = publish(redis_client, worker_settings, make_record("t-unread"))
+
+    assert redis_client.xlen(worker_settings.ledger_stream) == 5
+    assert consumer.trim_acknowledged() == 3
+    remaining = [
+        str_of(entry_id) for entry_id, _ in redis_client.xrange(worker_settings.ledger_stream)
+    ]
+    assert remaining == [pending_id, unread_id]
+    assert not set(stored_ids) & set(remaining)
+    assert consumer.trim_acknowledged() == 0  # the pending entry holds everything after it

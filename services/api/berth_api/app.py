@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -25,6 +27,7 @@ from berth_api.publisher import RedisGateway
 from berth_api.registry import ModelRegistry
 from berth_api.routes import health, mlflow, models, predict, predictions, v2
 from berth_api.service import PredictionService
+from berth_api.spool import LedgerSpool
 from berth_common.logconfig import configure_logging
 from berth_common.settings import ApiSettings, load_or_exit
 
@@ -54,12 +57,31 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
         openapi.clear()
         openapi["registry"] = registry
         redis = redis_client(settings)
-        engine = create_engine(settings.database_url, pool_pre_ping=True, pool_size=4)
-        gateway = RedisGateway(redis, settings.ledger_stream, settings.cache_ttl_seconds)
+        engine = create_engine(
+            settings.database_url,
+            pool_pre_ping=True,
+            pool_size=4,
+            connect_args={"connect_timeout": 2},
+        )
+        spool = LedgerSpool(settings.spool_dir)
+        gateway = RedisGateway(
+            redis,
+            stream=settings.ledger_stream,
+            key_prefix=settings.redis_key_prefix,
+            cache_ttl_seconds=settings.cache_ttl_seconds,
+            spool=spool,
+        )
+        replay = asyncio.create_task(gateway.replay_forever(settings.spool_replay_interval_seconds))
         service = PredictionService(
             gateway, settings.redis_key_prefix, settings.max_batch_rows, settings.max_string_length
         )
-        yield {"berth": ApiState(settings, registry, service, redis, engine)}
+        yield {"berth": ApiState(settings, registry, service, redis, engine, gateway)}
+        replay.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await replay
+        # whatever Redis can take now is not left waiting for the next start
+        await gateway.replay_spool()
+        spool.close()
         await redis.aclose()
         engine.dispose()
 

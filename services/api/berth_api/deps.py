@@ -9,6 +9,7 @@ from fastapi import Depends, Request
 from redis.asyncio import Redis
 from sqlalchemy import Engine
 
+from berth_api.publisher import RedisGateway
 from berth_api.registry import ModelRegistry
 from berth_api.service import PredictionService
 from berth_common.logconfig import request_id_var
@@ -22,6 +23,7 @@ class ApiState:
     service: PredictionService
     redis: Redis
     engine: Engine
+    gateway: RedisGateway
 
 
 def get_state(request: Request) -> ApiState:

@@ -1,27 +1,58 @@
-"""Cache reads and the one pipeline per request that writes the cache and appends the ledger."""
+"""Everything the request path asks of Redis: cache reads, and one pipeline per request that
+writes the cache, appends the ledger entry and counts the served rows.
+
+Redis failing never fails a prediction: a cache read that fails is a miss, and a ledger entry the
+stream cannot take goes to the durable spool before the response is sent. Only when neither
+Redis nor the spool can keep the record is the request refused (503): an answer is never sent
+without its record kept somewhere.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
+from collections import Counter
+from collections.abc import Iterable
+from datetime import datetime
 
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
+from starlette.concurrency import run_in_threadpool
 
 from berth_api.cache import decode_output, encode_output
+from berth_api.errors import LedgerUnavailable
 from berth_api.predictor import ModelOutput
-from berth_common.ledger import PredictionRecord, encode_entry
+from berth_api.spool import ClaimedSegment, LedgerSpool
+from berth_common.ledger import MalformedEntry, PredictionRecord, decode_entry, encode_entry
 
 logger = logging.getLogger(__name__)
 
+SERVED_COUNTER_TTL_SECONDS = 40 * 24 * 3600
+REPLAY_BATCH = 200
+
+
+def served_counter(prefix: str, served_at: datetime) -> tuple[str, str]:
+    """Hash key (one per UTC day) and field (minute) counting rows served in that minute."""
+    return f"{prefix}:served:{served_at:%Y-%m-%d}", f"{served_at:%H:%M}"
+
 
 class RedisGateway:
-    """Everything the request path asks of Redis; a Redis failure degrades, it never raises."""
-
-    def __init__(self, client: Redis, stream: str, cache_ttl_seconds: int) -> None:
+    def __init__(
+        self,
+        client: Redis,
+        *,
+        stream: str,
+        key_prefix: str,
+        cache_ttl_seconds: int,
+        spool: LedgerSpool,
+    ) -> None:
         self._client = client
         self._stream = stream
+        self._prefix = key_prefix
         self._ttl = cache_ttl_seconds
         self._healthy = True
+        self.spool = spool
 
     async def cached_outputs(self, keys: list[str]) -> list[ModelOutput | None]:
         try:
@@ -34,24 +65,84 @@ class RedisGateway:
 
     async def record(
         self, records: list[PredictionRecord], new_outputs: dict[str, ModelOutput]
-    ) -> bool:
-        """Appends the request's ledger entry and caches fresh outputs in one round trip."""
+    ) -> None:
+        """Keeps the request's ledger entry in the stream, or else in the spool, or raises."""
+        fields = encode_entry(records)
         pipe = self._client.pipeline(transaction=False)
+        pipe.xadd(self._stream, fields)  # type: ignore[arg-type]
+        self._count_served(pipe, records)
         for key, output in new_outputs.items():
             pipe.set(key, encode_output(output), ex=self._ttl)
-        pipe.xadd(self._stream, encode_entry(records))  # type: ignore[arg-type]
         try:
-            await pipe.execute()
+            results = await pipe.execute(raise_on_error=False)
+            if isinstance(results[0], Exception):
+                raise results[0]
         except (RedisError, OSError) as exc:
             self._failed("ledger append", exc)
+        else:
+            self._recovered()
+            return
+        try:
+            await run_in_threadpool(self.spool.append, fields)
+        except OSError as exc:
             logger.error(
-                "ledger entry for request %s (%d rows) was not queued",
+                "ledger entry of request %s neither queued nor spooled: %r",
                 records[0].request_id,
-                len(records),
+                exc,
             )
-            return False
-        self._recovered()
-        return True
+            raise LedgerUnavailable(
+                "the prediction could not be recorded (Redis and the local spool both failed); "
+                "it was not served"
+            ) from exc
+
+    def _count_served(self, pipe: object, records: Iterable[PredictionRecord]) -> None:
+        counts = Counter(served_counter(self._prefix, r.served_at) for r in records)
+        for (key, field), rows in counts.items():
+            pipe.hincrby(key, field, rows)  # type: ignore[attr-defined]
+            pipe.expire(key, SERVED_COUNTER_TTL_SECONDS)  # type: ignore[attr-defined]
+
+    async def replay_spool(self) -> int:
+        """Moves spooled entries into the stream, oldest first; returns how many moved."""
+        if not await run_in_threadpool(self.spool.has_entries):
+            return 0
+        try:
+            await self._client.ping()
+        except (RedisError, OSError):
+            return 0
+        moved = 0
+        segments = await run_in_threadpool(self.spool.claim)
+        try:
+            while segments:
+                segment = segments.pop(0)
+                entries = await run_in_threadpool(_entries_of, segment)
+                try:
+                    for start in range(0, len(entries), REPLAY_BATCH):
+                        pipe = self._client.pipeline(transaction=False)
+                        for fields in entries[start : start + REPLAY_BATCH]:
+                            pipe.xadd(self._stream, fields)  # type: ignore[arg-type]
+                            # a malformed entry is still queued: the worker dead-letters it
+                            with contextlib.suppress(MalformedEntry):
+                                self._count_served(pipe, decode_entry(fields))
+                        await pipe.execute()
+                except (RedisError, OSError) as exc:
+                    logger.warning("spool replay of %s interrupted: %r", segment.path.name, exc)
+                    segment.release()
+                    return moved
+                await run_in_threadpool(segment.finish)
+                moved += len(entries)
+                logger.info("replayed %d spooled entries from %s", len(entries), segment.path.name)
+        finally:
+            for segment in segments:
+                segment.release()
+        return moved
+
+    async def replay_forever(self, interval_seconds: float) -> None:
+        while True:
+            await asyncio.sleep(interval_seconds)
+            try:
+                await self.replay_spool()
+            except Exception:  # the loop must outlive any single failure; it is logged
+                logger.exception("spool replay failed")
 
     def _failed(self, what: str, exc: BaseException) -> None:
         if self._healthy:
@@ -62,3 +153,7 @@ class RedisGateway:
         if not self._healthy:
             logger.info("redis reachable again")
         self._healthy = True
+
+
+def _entries_of(segment: ClaimedSegment) -> list[dict[str, str]]:
+    return list(segment.entries())

@@ -170,6 +170,10 @@ class ApiSettings(CommonSettings):
     def api_key_list(self) -> list[str]:
         return [key.strip() for key in self.api_keys.get_secret_value().split(",") if key.strip()]
 
+    # Ledger entries Redis cannot take are fsynced here (a volume) and replayed when it answers.
+    spool_dir: Path = Path("/spool")
+    spool_replay_interval_seconds: Annotated[float, Field(gt=0)] = 1.0
+
     api_workers: PositiveInt = 2
     access_log: bool = True
     allow_version_mismatch: bool = False

@@ -153,6 +153,7 @@ class LedgerConsumer:
             self._pending_drained = True
         if time.monotonic() >= self._next_claim_at:
             outcome += self.claim_stale()
+            self.trim_acknowledged()
             self._next_claim_at = time.monotonic() + self._settings.worker_claim_interval_seconds
         if not self._stop_requested:
             outcome += self.read_new()
@@ -213,6 +214,31 @@ class LedgerConsumer:
             if cursor == "0-0":
                 break
         return outcome
+
+    def trim_acknowledged(self) -> int:
+        """Deletes stream entries every consumer has acknowledged; returns how many.
+
+        Everything older than the oldest pending entry, or when none is pending everything up to
+        the last one delivered, is stored and acknowledged. Entries not yet delivered and entries
+        pending anywhere are never touched, so a trim cannot lose a record.
+        """
+        last_delivered = None
+        for group in self._redis.xinfo_groups(self._stream):
+            if _text(group["name"]) == self._group:
+                last_delivered = _text(group["last-delivered-id"])
+        if last_delivered is None or last_delivered == "0-0":
+            return 0
+        summary = self._redis.xpending(self._stream, self._group)
+        if summary["pending"]:
+            keep_from = _text(summary["min"])
+        else:
+            millis, sequence = stream_id_key(last_delivered)
+            keep_from = f"{millis}-{sequence + 1}"
+        # exact: "~" trims only whole radix-tree nodes, which a small backlog never fills
+        removed = int(self._redis.xtrim(self._stream, minid=keep_from, approximate=False))
+        if removed:
+            log.debug("trimmed %d acknowledged entries before %s", removed, keep_from)
+        return removed
 
     def read_new(self) -> BatchOutcome:
         response = self._redis.xreadgroup(

@@ -1,0 +1,83 @@
+"""How the ledger is doing, for /readyz: Redis, the spool, the stream backlog, the workers and
+the database. None of these stops predictions, so each failing one marks the API degraded, not
+unready; an operator sees which part of the ledger needs a hand."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Any
+
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
+from sqlalchemy import Engine, text
+from starlette.concurrency import run_in_threadpool
+
+from berth_api.schemas import Check
+from berth_api.spool import LedgerSpool
+from berth_common.settings import ApiSettings
+
+# Entries waiting in the stream beyond which the workers are said to be falling behind.
+BACKLOG_LIMIT = 10_000
+
+
+async def ledger_checks(
+    settings: ApiSettings, redis: Redis, engine: Engine, spool: LedgerSpool
+) -> dict[str, Check]:
+    timeout = settings.redis_timeout_seconds
+    checks: dict[str, Check] = {}
+    try:
+        await asyncio.wait_for(redis.ping(), timeout=timeout)
+        checks["redis"] = Check(ok=True, detail="reachable")
+        checks["backlog"] = await asyncio.wait_for(_backlog(settings, redis), timeout=timeout)
+        checks["workers"] = await asyncio.wait_for(_workers(settings, redis), timeout=timeout)
+    except (RedisError, OSError, TimeoutError) as exc:
+        checks["redis"] = Check(
+            ok=False, detail=f"unreachable, ledger entries are spooled: {exc!r}"
+        )
+    spooled = await run_in_threadpool(spool.count_entries)
+    checks["spool"] = Check(
+        ok=spooled == 0,
+        detail=f"{spooled} entries waiting for Redis" if spooled else "empty",
+    )
+    try:
+        await asyncio.wait_for(run_in_threadpool(_ping_database, engine), timeout=2.0)
+        checks["database"] = Check(ok=True, detail="reachable")
+    except Exception as exc:
+        checks["database"] = Check(ok=False, detail=f"unreachable: {exc!r}"[:300])
+    return checks
+
+
+async def _backlog(settings: ApiSettings, redis: Redis) -> Check:
+    try:
+        groups = await redis.xinfo_groups(settings.ledger_stream)
+    except RedisError:
+        return Check(ok=True, detail="no stream yet")
+    for group in groups:
+        name = group["name"].decode() if isinstance(group["name"], bytes) else group["name"]
+        if name == settings.ledger_group:
+            waiting = int(group.get("lag") or 0) + int(group.get("pending") or 0)
+            return Check(
+                ok=waiting <= BACKLOG_LIMIT,
+                detail=f"{group.get('lag') or 0} entries unread, {group.get('pending')} pending",
+            )
+    return Check(ok=False, detail="no worker has created the consumer group yet")
+
+
+async def _workers(settings: ApiSettings, redis: Redis) -> Check:
+    pattern = f"{settings.redis_key_prefix}:worker:*:heartbeat"
+    beats: list[dict[str, Any]] = []
+    async for key in redis.scan_iter(match=pattern, count=100):
+        raw = await redis.get(key)
+        if raw is not None:
+            beats.append(json.loads(raw))
+    if not beats:
+        return Check(ok=False, detail="no worker heartbeat: nothing is storing the ledger")
+    states = sorted(f"{b.get('consumer')}: {b.get('state')}" for b in beats)
+    ok = all(b.get("state") in ("running", "starting") for b in beats)
+    return Check(ok=ok, detail="; ".join(states))
+
+
+def _ping_database(engine: Engine) -> None:
+    with engine.connect() as connection:
+        connection.execute(text("SELECT 1"))
