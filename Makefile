@@ -2,6 +2,7 @@
 #   make up | down | clean | logs | ps | build | train | package | migrate | psql   the stack
 #   make fmt | lint | typecheck | test-local                                 a local .venv
 #   make test                                                                everything, in containers
+#   make test-faults                                  fault-injection tests (minutes), in containers
 SHELL := bash
 .SHELLFLAGS := -eu -o pipefail -c
 .DEFAULT_GOAL := help
@@ -18,9 +19,19 @@ TEST_ENV := .env.test
 TEST_API_PORT ?= 18000
 TEST_COMPOSE := COMPOSE_PROJECT_NAME=$(TEST_PROJECT) $(COMPOSE) --env-file $(TEST_ENV)
 
+# `make test-faults` kills and restarts services, so it gets a third project of its own, with
+# short claim times: a killed worker's entries are taken over within seconds, not 30.
+FAULTS_PROJECT := berth-faults
+FAULTS_ENV := .env.faults
+FAULTS_API_PORT ?= 18100
+FAULTS_COMPOSE := COMPOSE_PROJECT_NAME=$(FAULTS_PROJECT) $(COMPOSE) --env-file $(FAULTS_ENV)
+# Seconds pytest may take for all the fault scenarios.
+FAULTS_TIMEOUT ?= 2400
+
 PREDICT_BODY := {"features": [5.1, 3.5, 1.4, 0.2]}
 
-.PHONY: help up down clean logs ps build train package migrate psql fmt lint typecheck test test-local
+.PHONY: help up down clean logs ps build train package audit migrate psql fmt lint typecheck test test-local \
+  test-faults
 
 help: ## list the targets
 	@awk 'BEGIN { FS = ":.*## " } /^[a-z-]+:.*## / { printf "  make %-11s %s\n", $$1, $$2 }' $(MAKEFILE_LIST)
@@ -30,6 +41,10 @@ help: ## list the targets
 
 $(TEST_ENV):
 	scripts/init-env.sh $@ API_PORT=$(TEST_API_PORT)
+
+$(FAULTS_ENV):
+	scripts/init-env.sh $@ API_PORT=$(FAULTS_API_PORT) WORKER_CLAIM_IDLE_MS=5000 \
+	  WORKER_CLAIM_INTERVAL_SECONDS=2
 
 # ---- the stack -------------------------------------------------------------------------------
 
@@ -81,6 +96,11 @@ package: .env ## package a fitted model: MODEL=model.joblib NAME=churn VERSION=3
 	  --name "$(NAME)" --version "$(VERSION)" --models-dir /models \
 	  $(if $(SAMPLE),--sample /input/sample.csv)
 
+# SINCE/UNTIL are ISO times (UTC unless they say otherwise); the default is the last 24 hours.
+audit: .env ## do the ledger's books balance? served vs stored, pending, spooled, dead-lettered
+	$(COMPOSE) exec -T api python -m berth_api.audit \
+	  $(if $(SINCE),--since "$(SINCE)") $(if $(UNTIL),--until "$(UNTIL)")
+
 migrate: .env ## apply the database migrations (alembic upgrade head)
 	$(COMPOSE) build worker
 	$(COMPOSE) run --rm migrate
@@ -117,19 +137,34 @@ test-local: $(VENV)/.installed ## unit and integration tests against this machin
 
 # ---- everything, in containers ---------------------------------------------------------------
 
-# Needs only Docker, make and git. The test project is torn down with its volumes whatever
-# happens, and the exit status is that of the first step that failed.
+# Needs only Docker, make and git. A test project is torn down with its volumes whatever happens,
+# and the exit status is that of the first step that failed.
+#   $(call in-test-project,COMPOSE COMMAND,PROJECT,ARGUMENTS OF `run` FOR THE tests SERVICE)
+define in-test-project
+@trap '$(1) --profile test down --volumes --remove-orphans --timeout 10 >/dev/null 2>&1' EXIT; \
+status=0; \
+$(1) --profile test down --volumes --remove-orphans >/dev/null 2>&1; \
+$(1) --profile test build \
+  && $(1) up --detach --wait --wait-timeout $(WAIT_TIMEOUT) \
+  && $(1) --profile test run --rm --no-deps $(3) \
+  || status=$$?; \
+if [ $$status -ne 0 ]; then \
+  echo "make $@: failed (exit $$status); state and logs of $(2):" >&2; \
+  $(1) ps --all >&2 || true; \
+  $(1) logs --no-color --tail=100 >&2 || true; \
+fi; \
+exit $$status
+endef
+
 test: $(TEST_ENV) ## lint, typecheck, alembic check, unit + integration + e2e tests in containers
-	@trap '$(TEST_COMPOSE) --profile test down --volumes --remove-orphans --timeout 10 >/dev/null 2>&1' EXIT; \
-	status=0; \
-	$(TEST_COMPOSE) --profile test down --volumes --remove-orphans >/dev/null 2>&1; \
-	$(TEST_COMPOSE) --profile test build \
-	  && $(TEST_COMPOSE) up --detach --wait --wait-timeout $(WAIT_TIMEOUT) \
-	  && $(TEST_COMPOSE) --profile test run --rm --no-deps tests \
-	  || status=$$?; \
-	if [ $$status -ne 0 ]; then \
-	  echo "make test: failed (exit $$status); state and logs of $(TEST_PROJECT):" >&2; \
-	  $(TEST_COMPOSE) ps --all >&2 || true; \
-	  $(TEST_COMPOSE) logs --no-color --tail=100 >&2 || true; \
-	fi; \
-	exit $$status
+	$(call in-test-project,$(TEST_COMPOSE),$(TEST_PROJECT),tests)
+
+# tests/e2e/faults runs only when BERTH_FAULTS_ENV_FILE names the project's env file, through
+# which the tests drive compose (`make test` skips it); -s prints each scenario's figures.
+FAULTS_RUN = -v "$(abspath $(FAULTS_ENV)):/run/berth-faults.env:ro" \
+  -e BERTH_FAULTS_ENV_FILE=/run/berth-faults.env tests \
+  timeout --signal=INT --kill-after=30 $(FAULTS_TIMEOUT) \
+  pytest -v -s -p no:cacheprovider tests/e2e/faults
+
+test-faults: $(FAULTS_ENV) ## kill, stop and restart services under load; check the ledger (minutes)
+	$(call in-test-project,$(FAULTS_COMPOSE),$(FAULTS_PROJECT),$(FAULTS_RUN))
