@@ -164,7 +164,8 @@ test: $(TEST_ENV) ## lint, typecheck, alembic check, unit + integration + e2e te
 FAULTS_RUN = -v "$(abspath $(FAULTS_ENV)):/run/berth-faults.env:ro" \
   -e BERTH_FAULTS_ENV_FILE=/run/berth-faults.env tests \
   timeout --signal=INT --kill-after=30 $(FAULTS_TIMEOUT) \
-  pytest -v -s -p no:cacheprovider tests/e2e/faults
+  pytest -v -s -p no:cacheprovider tests/e2e/faults $(if $(FAULTS),-k "$(FAULTS)")
 
+# FAULTS=expression runs only the matching scenarios (pytest -k), e.g. FAULTS=redis_down
 test-faults: $(FAULTS_ENV) ## kill, stop and restart services under load; check the ledger (minutes)
 	$(call in-test-project,$(FAULTS_COMPOSE),$(FAULTS_PROJECT),$(FAULTS_RUN))

@@ -5,6 +5,10 @@ Redis failing never fails a prediction: a cache read that fails is a miss, and a
 stream cannot take goes to the durable spool before the response is sent. Only when neither
 Redis nor the spool can keep the record is the request refused (503): an answer is never sent
 without its record kept somewhere.
+
+After a failure, requests stop asking Redis (a stopped Redis can cost seconds per call, in DNS
+and connect timeouts) and go straight to the spool until the replay loop, which probes Redis
+in the background, finds it answering again.
 """
 
 from __future__ import annotations
@@ -54,7 +58,13 @@ class RedisGateway:
         self._healthy = True
         self.spool = spool
 
+    @property
+    def redis_available(self) -> bool:
+        return self._healthy
+
     async def cached_outputs(self, keys: list[str]) -> list[ModelOutput | None]:
+        if not self._healthy:
+            return [None] * len(keys)
         try:
             raw = await self._client.mget(keys)
         except (RedisError, OSError) as exc:
@@ -68,6 +78,9 @@ class RedisGateway:
     ) -> None:
         """Keeps the request's ledger entry in the stream, or else in the spool, or raises."""
         fields = encode_entry(records)
+        if not self._healthy:
+            await self._spool(records, fields)
+            return
         pipe = self._client.pipeline(transaction=False)
         pipe.xadd(self._stream, fields)  # type: ignore[arg-type]
         self._count_served(pipe, records)
@@ -80,8 +93,10 @@ class RedisGateway:
         except (RedisError, OSError) as exc:
             self._failed("ledger append", exc)
         else:
-            self._recovered()
             return
+        await self._spool(records, fields)
+
+    async def _spool(self, records: list[PredictionRecord], fields: dict[str, str]) -> None:
         try:
             await run_in_threadpool(self.spool.append, fields)
         except OSError as exc:
@@ -101,13 +116,21 @@ class RedisGateway:
             pipe.hincrby(key, field, rows)  # type: ignore[attr-defined]
             pipe.expire(key, SERVED_COUNTER_TTL_SECONDS)  # type: ignore[attr-defined]
 
+    async def probe(self) -> bool:
+        """Whether Redis answers; marks it available again for requests when it does."""
+        try:
+            await self._client.ping()
+        except (RedisError, OSError) as exc:
+            self._failed("ping", exc)
+            return False
+        self._recovered()
+        return True
+
     async def replay_spool(self) -> int:
         """Moves spooled entries into the stream, oldest first; returns how many moved."""
         if not await run_in_threadpool(self.spool.has_entries):
             return 0
-        try:
-            await self._client.ping()
-        except (RedisError, OSError):
+        if not await self.probe():
             return 0
         moved = 0
         segments = await run_in_threadpool(self.spool.claim)
@@ -140,6 +163,8 @@ class RedisGateway:
         while True:
             await asyncio.sleep(interval_seconds)
             try:
+                if not self._healthy:
+                    await self.probe()
                 await self.replay_spool()
             except Exception:  # the loop must outlive any single failure; it is logged
                 logger.exception("spool replay failed")
