@@ -85,3 +85,19 @@ def test_cli_prints_the_books(
     out = capsys.readouterr().out
     assert "the books balance" in out
     assert "pending (stream, not yet stored)" in out
+
+
+def test_cli_says_when_a_source_is_unreachable(
+    settings: ApiSettings, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    for key, value in {
+        "POSTGRES_HOST": settings.postgres_host,
+        "POSTGRES_PASSWORD": settings.postgres_password.get_secret_value(),
+        "REDIS_HOST": settings.redis_host,
+        "REDIS_PORT": "1",
+        "REDIS_PASSWORD": settings.redis_password.get_secret_value(),
+        "SPOOL_DIR": str(settings.spool_dir),
+    }.items():
+        monkeypatch.setenv(key, value)
+    assert main([]) == 2
+    assert "cannot read the ledger" in capsys.readouterr().err

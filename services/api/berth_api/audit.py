@@ -25,6 +25,7 @@ from typing import Any
 import redis
 from sqlalchemy import create_engine, func, select
 from sqlalchemy.engine import Engine
+from sqlalchemy.exc import SQLAlchemyError
 
 from berth_api.publisher import served_counter
 from berth_api.spool import LedgerSpool
@@ -197,6 +198,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     engine = create_engine(settings.database_url)
     try:
         books = audit(settings, client, engine, since, until)
+    except (redis.RedisError, SQLAlchemyError) as exc:
+        # The books need every source; a partial count would look like a loss.
+        print(f"berth audit: cannot read the ledger: {exc!r}", file=sys.stderr)
+        return 2
     finally:
         client.close()
         engine.dispose()
