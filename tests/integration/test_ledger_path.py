@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
+from datetime import UTC, datetime
 
+import httpx
 import pytest
 import redis
 from fastapi.testclient import TestClient
 from sqlalchemy import Engine, text
 
-from berth_common.settings import WorkerSettings
+from berth_common.settings import ApiSettings, WorkerSettings
 from berth_worker.consumer import LedgerConsumer
 from berth_worker.writer import LedgerWriter
 
@@ -95,3 +98,62 @@ def test_cache_hits_are_recorded_as_such(
         result = connection.execute(text("SELECT request_id, cached FROM predictions"))
         rows = {row.request_id: row.cached for row in result}
     assert rows == {"hit-a": False, "hit-b": True}
+
+
+def test_concurrent_requests_sharing_round_trips_each_get_their_own_record(
+    live_api: str,
+    drain: Callable[[], int],
+    engine: Engine,
+    redis_client: redis.Redis,
+    settings: ApiSettings,
+) -> None:
+    """Requests that share a model call and a Redis pipeline (reads of some, ledger entries of
+    others) must each get their own answer, record, cache entry and count."""
+    rows = [[4.4 + i / 50, 2.9 + (i % 7) / 10, 1.3 + i / 40, 0.2 + (i % 5) / 10] for i in range(80)]
+
+    async def send_all() -> list[httpx.Response]:
+        async with httpx.AsyncClient(base_url=f"http://{live_api}", timeout=30) as http:
+            return await asyncio.gather(
+                *(
+                    http.post(
+                        "/predict",
+                        json={"features": row},
+                        headers={"X-Request-ID": f"{round_}-{i}"},
+                    )
+                    for round_ in ("cold", "warm")
+                    for i, row in enumerate(rows)
+                )
+            )
+
+    responses = asyncio.run(send_all())
+    assert [r.status_code for r in responses] == [200] * 160
+    answers = {r.json()["request_id"]: r.json()["predictions"][0] for r in responses}
+    assert drain() == 160
+    with engine.connect() as connection:
+        stored = {
+            row.request_id: row
+            for row in connection.execute(
+                text(
+                    "SELECT request_id, features, prediction, probabilities, cached "
+                    "FROM predictions"
+                )
+            )
+        }
+    assert stored.keys() == answers.keys()
+    names = ["sepal_length", "sepal_width", "petal_length", "petal_width"]
+    for request_id, answer in answers.items():
+        record = stored[request_id]
+        assert record.features == dict(zip(names, rows[int(request_id.split("-")[1])], strict=True))
+        assert (record.prediction, record.probabilities, record.cached) == (
+            answer["label"],
+            answer["probabilities"],
+            answer["cached"],
+        )
+    # each row was answered the same whether it came from the model or from the cache
+    for i in range(80):
+        cold, warm = answers[f"cold-{i}"], answers[f"warm-{i}"]
+        assert (cold["label"], cold["probabilities"]) == (warm["label"], warm["probabilities"])
+    counters = redis_client.hgetall(
+        f"{settings.redis_key_prefix}:served:{datetime.now(UTC):%Y-%m-%d}"
+    )
+    assert sum(int(v) for v in counters.values()) == 160

@@ -42,7 +42,7 @@ def test_demo_is_deterministic(iris_models_dir: Path, tmp_path: Path) -> None:
     original = json.loads((iris_models_dir / "iris/1/metadata.json").read_text())
     assert again.metrics["accuracy"] == original["metrics"]["accuracy"]
     bundle = load_bundle(tmp_path / "iris" / "1")
-    out = Predictor(bundle).predict([[5.1, 3.5, 1.4, 0.2], [6.7, 3.0, 5.2, 2.3]])
+    out = Predictor.for_bundle(bundle).predict([[5.1, 3.5, 1.4, 0.2], [6.7, 3.0, 5.2, 2.3]])
     assert [o.label for o in out] == ["setosa", "virginica"]
     assert out[0].probabilities is not None
     assert sum(out[0].probabilities.values()) == pytest.approx(1.0)
@@ -79,7 +79,7 @@ def test_regressor_bundle(models_dir: Path) -> None:
         models_dir, model=model, name="line", version="1", features=[FeatureSpec(name="x")]
     )
     assert (meta.task, meta.classes) == ("regression", None)
-    out = Predictor(load_bundle(models_dir / "line" / "1")).predict([[3.0]])
+    out = Predictor.for_bundle(load_bundle(models_dir / "line" / "1")).predict([[3.0]])
     assert out[0].label == pytest.approx(7.0)
     assert out[0].probabilities is None
 
@@ -111,7 +111,7 @@ def test_non_finite_model_output_is_a_422(models_dir: Path) -> None:
     write_bundle(
         models_dir, model=model, name="line", version="1", features=[FeatureSpec(name="x")]
     )
-    predictor = Predictor(load_bundle(models_dir / "line" / "1"))
+    predictor = Predictor.for_bundle(load_bundle(models_dir / "line" / "1"))
     with pytest.raises(UnpredictableInput, match=r"row\(s\) \[1\]"):
         predictor.predict([[1.0], [1e10]])
 
@@ -119,7 +119,7 @@ def test_non_finite_model_output_is_a_422(models_dir: Path) -> None:
 def test_input_the_model_refuses_is_a_422(iris_models_dir: Path) -> None:
     from berth_api.errors import UnpredictableInput
 
-    predictor = Predictor(load_bundle(iris_models_dir / "iris" / "1"))
+    predictor = Predictor.for_bundle(load_bundle(iris_models_dir / "iris" / "1"))
     # finite in float64, too large for the float32 that tree models work in
     with pytest.raises(UnpredictableInput, match="could not predict these rows"):
         predictor.predict([[1e300, 1.0, 1.0, 1.0]])

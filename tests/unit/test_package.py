@@ -32,7 +32,7 @@ def test_mixed_type_pipeline_with_sample(tmp_path: Path, models_dir: Path) -> No
     assert meta.classes == ["churn", "stay"]
     assert meta.estimator == "Pipeline(ColumnTransformer -> LogisticRegression)"
     bundle = load_bundle(models_dir / "churn" / "3")
-    [out] = Predictor(bundle).predict([[3.0, 80.0, "basic", "eu"]])
+    [out] = Predictor.for_bundle(bundle).predict([[3.0, 80.0, "basic", "eu"]])
     assert out.label == "churn"
     assert out.probabilities is not None
     assert set(out.probabilities) == {"churn", "stay"}
@@ -45,7 +45,7 @@ def test_regressor_without_sample_gets_positional_names(tmp_path: Path, models_d
         None,
         ["x0"],
     )
-    [out] = Predictor(load_bundle(models_dir / "spend" / "1")).predict([[12.0]])
+    [out] = Predictor.for_bundle(load_bundle(models_dir / "spend" / "1")).predict([[12.0]])
     assert isinstance(out.label, float)
     assert out.probabilities is None
 
@@ -53,7 +53,7 @@ def test_regressor_without_sample_gets_positional_names(tmp_path: Path, models_d
 def test_classifier_without_predict_proba(tmp_path: Path, models_dir: Path) -> None:
     meta = package(save(no_proba_classifier(), tmp_path / "svc.joblib"), models_dir, "svc", "1")
     assert meta.classes == ["churn", "stay"]
-    [out] = Predictor(load_bundle(models_dir / "svc" / "1")).predict([[2.0, 40.0]])
+    [out] = Predictor.for_bundle(load_bundle(models_dir / "svc" / "1")).predict([[2.0, 40.0]])
     assert out.label in ("churn", "stay")
     assert out.probabilities is None
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import uvicorn
 
 from berth_common.logconfig import configure_logging
@@ -13,6 +15,11 @@ def main() -> None:
     # message before uvicorn starts worker processes that would each fail the same way.
     settings = load_or_exit(ApiSettings)
     configure_logging(settings.log_level, settings.log_format)
+    # Read by OpenMP and BLAS when the worker processes load them: without it every process
+    # starts a thread per core, and API_WORKERS processes fight over the cores (a
+    # HistGradientBoosting model then gets slower with every process added).
+    for variable in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ.setdefault(variable, str(settings.model_threads))
     uvicorn.run(
         "berth_api.app:create_app",
         factory=True,

@@ -82,6 +82,7 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
         # whatever Redis can take now is not left waiting for the next start
         await gateway.replay_spool()
         spool.close()
+        registry.close()
         await redis.aclose()
         engine.dispose()
 

@@ -10,8 +10,9 @@ from berth_api.deps import get_state
 from berth_api.errors import Unauthorized
 
 
-def require_api_key(request: Request) -> None:
-    keys = get_state(request).settings.api_key_list
+async def require_api_key(request: Request) -> None:
+    """Async so that FastAPI runs it on the loop, not in a thread (see `deps`)."""
+    keys = (await get_state(request)).settings.api_key_list
     if not keys:
         return
     scheme, _, token = request.headers.get("authorization", "").partition(" ")

@@ -27,6 +27,7 @@ from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationErro
 
 MODEL_FILE = "model.joblib"
 METADATA_FILE = "metadata.json"
+COMPILED_FILE = "model.onnx"
 # Names and versions become path segments, Redis key parts and SQL values: keep them plain.
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
 
@@ -45,6 +46,24 @@ class FeatureSpec(BaseModel):
 
     name: str
     type: FeatureType = "number"
+
+
+class CompiledSpec(BaseModel):
+    """The bundle's compiled form: what it is, and how closely it was shown to match the model."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    format: Literal["onnx"] = "onnx"
+    file: Literal["model.onnx"] = "model.onnx"
+    sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+    # The input element type the graph takes: float32 where scikit-learn itself works in float32
+    # (its trees), float64 otherwise.
+    input_type: Literal["float32", "float64"]
+    converter: str
+    # Packaging compared both on these many rows: labels equal, numbers within the tolerance.
+    verified_rows: int
+    max_abs_diff: float
+    tolerance: float
 
 
 class BundleMetadata(BaseModel):
@@ -67,6 +86,7 @@ class BundleMetadata(BaseModel):
     description: str = ""
     # One valid row, keyed by feature name: what /docs offers as the example request.
     example: dict[str, Label] | None = None
+    compiled: CompiledSpec | None = None
 
     @property
     def feature_names(self) -> list[str]:
@@ -78,6 +98,8 @@ class ModelBundle:
     metadata: BundleMetadata
     model: Any
     path: Path
+    # The ONNX graph, when the bundle carries one whose checksum matches its metadata.
+    compiled: bytes | None = None
 
     @property
     def name(self) -> str:
@@ -141,7 +163,39 @@ def load_bundle(bundle_dir: Path, *, allow_version_mismatch: bool = False) -> Mo
         raise BundleError(f"{model_path} could not be loaded: {exc!r}") from exc
     if not hasattr(model, "predict"):
         raise BundleError(f"{model_path} holds a {type(model).__name__}, which has no predict()")
-    return ModelBundle(metadata=metadata, model=model, path=bundle_dir)
+    return ModelBundle(
+        metadata=metadata,
+        model=model,
+        path=bundle_dir,
+        compiled=_read_compiled(bundle_dir, metadata),
+    )
+
+
+def _read_compiled(bundle_dir: Path, metadata: BundleMetadata) -> bytes | None:
+    """The compiled graph, or None (logged) when it is missing or not the one packaged: the
+    bundle is then served by scikit-learn, which is slower but exact."""
+    if metadata.compiled is None:
+        return None
+    path = bundle_dir / metadata.compiled.file
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        logger.error(
+            "%s/%s: compiled model unreadable (%r); using scikit-learn",
+            metadata.name,
+            metadata.version,
+            exc,
+        )
+        return None
+    if hashlib.sha256(data).hexdigest() != metadata.compiled.sha256:
+        logger.error(
+            "%s/%s: sha256 of %s does not match metadata.json; using scikit-learn",
+            metadata.name,
+            metadata.version,
+            path,
+        )
+        return None
+    return data
 
 
 def version_sort_key(version: str) -> tuple[int, int, str]:
@@ -177,6 +231,7 @@ def write_bundle(
     metrics: dict[str, float] | None = None,
     description: str = "",
     example: dict[str, Label] | None = None,
+    compiled: tuple[bytes, CompiledSpec] | None = None,
     replace: bool = False,
 ) -> BundleMetadata:
     """Writes a bundle atomically: readers see the old bundle or the new one, never half of one."""
@@ -193,6 +248,8 @@ def write_bundle(
     staging = Path(tempfile.mkdtemp(prefix=f".{version}.", dir=target.parent))
     try:
         joblib.dump(model, staging / MODEL_FILE)
+        if compiled is not None:
+            (staging / COMPILED_FILE).write_bytes(compiled[0])
         classes = getattr(model, "classes_", None)
         metadata = BundleMetadata(
             name=name,
@@ -209,6 +266,7 @@ def write_bundle(
             sha256=file_sha256(staging / MODEL_FILE),
             description=description,
             example=example,
+            compiled=compiled[1] if compiled is not None else None,
         )
         (staging / METADATA_FILE).write_text(
             json.dumps(metadata.model_dump(mode="json"), indent=2) + "\n"

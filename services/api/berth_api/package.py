@@ -14,7 +14,7 @@ import csv
 import os
 import sys
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -29,11 +29,11 @@ from berth_api.bundles import (
     BundleMetadata,
     FeatureSpec,
     FeatureType,
-    ModelBundle,
     write_bundle,
 )
+from berth_api.compiled import CompiledModel, NotCompiled, compile_model
 from berth_api.errors import BerthError
-from berth_api.features import rows_from_instances
+from berth_api.features import Value, rows_from_instances
 from berth_api.predictor import Predictor
 
 SAMPLE_ROWS_CHECKED = 100
@@ -161,8 +161,10 @@ def _parse(value: str, kind: FeatureType) -> Any:
     return value
 
 
-def check_serves(model: Any, features: list[FeatureSpec], instances: list[dict[str, Any]]) -> int:
-    """Predicts the sample through the API's own validation and predictor; rows predicted."""
+def check_serves(
+    model: Any, features: list[FeatureSpec], instances: list[dict[str, Any]]
+) -> list[list[Value]]:
+    """Predicts the sample through the API's own validation and predictor; the rows predicted."""
     if getattr(model, "n_outputs_", 1) != 1:
         raise PackagingError("models with several outputs per row are not supported")
     classes = getattr(model, "classes_", None)
@@ -184,12 +186,28 @@ def check_serves(model: Any, features: list[FeatureSpec], instances: list[dict[s
         rows = rows_from_instances(
             metadata, instances, max_rows=len(instances), max_string_length=10**6
         )
-        outputs = Predictor(ModelBundle(metadata, model, Path("."))).predict(rows)
+        Predictor(model, features).predict(rows)
     except BerthError as exc:
         raise PackagingError(f"the model cannot predict the sample: {exc.detail}") from exc
     except BundleError as exc:
         raise PackagingError(str(exc)) from exc
-    return len(outputs)
+    return rows
+
+
+def try_compile(
+    model: Any, features: list[FeatureSpec], rows: list[list[Value]]
+) -> tuple[CompiledModel | None, str]:
+    """The verified ONNX form of the model, or None and why it is served by scikit-learn."""
+    try:
+        compiled = compile_model(model, features, rows)
+    except NotCompiled as exc:
+        return None, f"not compiled, served by scikit-learn: {exc}"
+    spec = compiled.spec
+    return compiled, (
+        f"compiled to ONNX ({spec.input_type} inputs), equal to scikit-learn on "
+        f"{spec.verified_rows} rows (largest difference {spec.max_abs_diff:.2g}, "
+        f"tolerance {spec.tolerance:g})"
+    )
 
 
 def package(
@@ -201,12 +219,17 @@ def package(
     *,
     description: str = "",
     allow_version_mismatch: bool = False,
+    compile_onnx: bool = True,
+    report: Callable[[str], object] = print,
 ) -> BundleMetadata:
     model = load_model(model_path, allow_version_mismatch=allow_version_mismatch)
     sample = read_sample(sample_path) if sample_path is not None else None
     features = infer_features(model, sample)
     instances = sample_instances(features, sample)
-    check_serves(model, features, instances)
+    rows = check_serves(model, features, instances)
+    compiled, outcome = try_compile(model, features, rows) if compile_onnx else (None, "")
+    if outcome:
+        report(outcome)
     try:
         return write_bundle(
             models_dir,
@@ -216,6 +239,7 @@ def package(
             features=features,
             description=description,
             example=instances[0],
+            compiled=(compiled.graph, compiled.spec) if compiled is not None else None,
         )
     except BundleError as exc:
         raise PackagingError(str(exc)) from exc
@@ -235,6 +259,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("--description", default="")
     parser.add_argument("--allow-version-mismatch", action="store_true")
+    parser.add_argument(
+        "--no-compile", action="store_true", help="do not try the ONNX form; serve scikit-learn"
+    )
     args = parser.parse_args(argv)
     try:
         metadata = package(
@@ -245,6 +272,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             args.sample,
             description=args.description,
             allow_version_mismatch=args.allow_version_mismatch,
+            compile_onnx=not args.no_compile,
         )
     except PackagingError as exc:
         print(f"berth package: refused: {exc}", file=sys.stderr)

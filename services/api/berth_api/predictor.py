@@ -8,13 +8,14 @@ bundle's types; any other model gets a plain array, which is cheaper.
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import pandas as pd
 
-from berth_api.bundles import FeatureType, Label, ModelBundle
+from berth_api.bundles import FeatureSpec, FeatureType, Label, ModelBundle
 from berth_api.errors import FieldError, UnpredictableInput
 from berth_api.features import Value
 
@@ -45,10 +46,26 @@ class ModelOutput:
     probabilities: dict[str, float] | None
 
 
+class Predicts(Protocol):
+    """What the data plane needs of a model: rows in, one output per row, blocking."""
+
+    @property
+    def engine(self) -> str: ...
+
+    def predict(self, rows: list[list[Value]]) -> list[ModelOutput]: ...
+
+
 class Predictor:
-    def __init__(self, bundle: ModelBundle) -> None:
-        self._model = bundle.model
-        features = bundle.metadata.features
+    """The model itself, through scikit-learn: what every bundle can be served with."""
+
+    engine = "scikit-learn"
+
+    @classmethod
+    def for_bundle(cls, bundle: ModelBundle) -> Predictor:
+        return cls(bundle.model, bundle.metadata.features)
+
+    def __init__(self, model: Any, features: Sequence[FeatureSpec]) -> None:
+        self._model = model
         self._numeric = all(f.type in ("number", "integer") for f in features)
         self._columns: list[tuple[str, str]] | None = None
         if hasattr(self._model, "feature_names_in_"):
@@ -58,7 +75,7 @@ class Predictor:
         self._label_from_proba = self._has_proba and type(final).__name__ in (
             _PREDICT_IS_ARGMAX_PROBA
         )
-        self._class_keys = [str(_plain(c)) for c in self._model.classes_] if self._has_proba else []
+        self._class_keys = class_keys(self._model.classes_) if self._has_proba else []
 
     def predict(self, rows: list[list[Value]]) -> list[ModelOutput]:
         """Blocking: run it in a thread, never on the event loop."""
@@ -68,14 +85,7 @@ class Predictor:
             with np.errstate(over="ignore", invalid="ignore"):
                 return self._predict(matrix)
         except (ValueError, TypeError, OverflowError) as exc:
-            # Valid JSON of the right types that the estimator still refuses, e.g. 1e300 for a
-            # tree model that works in float32. Its message can quote the data: log it only.
-            logger.warning("model refused a batch of %d rows: %s", len(rows), exc)
-            raise UnpredictableInput(
-                f"the model could not predict these rows ({type(exc).__name__}); "
-                "check the values against the ranges the model was trained on",
-                [FieldError("instances", "refused by the model")],
-            ) from exc
+            raise refused(len(rows), exc) from exc
 
     def _matrix(self, rows: list[list[Value]]) -> Any:
         if self._columns is None:
@@ -89,25 +99,46 @@ class Predictor:
 
     def _predict(self, matrix: Any) -> list[ModelOutput]:
         if not self._has_proba:
-            labels = np.asarray(self._model.predict(matrix))
-            if labels.dtype.kind == "f" and not np.isfinite(labels).all():
-                _refuse(np.isfinite(labels))
-            return [ModelOutput(_plain(label), None) for label in labels]
+            return regression_outputs(np.asarray(self._model.predict(matrix)))
         proba = self._model.predict_proba(matrix)
-        finite = np.isfinite(proba).all(axis=1)
-        if not finite.all():
-            _refuse(finite)
+        check_finite_rows(proba)
         if self._label_from_proba:
             labels = self._model.classes_.take(np.argmax(proba, axis=1))
         else:
             labels = self._model.predict(matrix)
-        return [
-            ModelOutput(
-                _plain(label),
-                {key: float(p) for key, p in zip(self._class_keys, row, strict=True)},
-            )
-            for label, row in zip(labels, proba.tolist(), strict=True)
-        ]
+        return classification_outputs(labels, proba.tolist(), self._class_keys)
+
+
+def regression_outputs(values: Any) -> list[ModelOutput]:
+    if values.dtype.kind == "f" and not np.isfinite(values).all():
+        _refuse(np.isfinite(values))
+    return [ModelOutput(_plain(value), None) for value in values]
+
+
+def classification_outputs(
+    labels: Any, proba_rows: list[list[float]], class_keys: list[str]
+) -> list[ModelOutput]:
+    return [
+        ModelOutput(_plain(label), dict(zip(class_keys, row, strict=True)))
+        for label, row in zip(labels, proba_rows, strict=True)
+    ]
+
+
+def check_finite_rows(proba: Any) -> None:
+    finite = np.isfinite(proba).all(axis=1)
+    if not finite.all():
+        _refuse(finite)
+
+
+def refused(rows: int, exc: Exception) -> UnpredictableInput:
+    # Valid JSON of the right types that the estimator still refuses, e.g. 1e300 for a tree
+    # model that works in float32. Its message can quote the data: log it only.
+    logger.warning("model refused a batch of %d rows: %s", rows, exc)
+    return UnpredictableInput(
+        f"the model could not predict these rows ({type(exc).__name__}); "
+        "check the values against the ranges the model was trained on",
+        [FieldError("instances", "refused by the model")],
+    )
 
 
 def _refuse(finite_rows: Any) -> None:
@@ -116,6 +147,11 @@ def _refuse(finite_rows: Any) -> None:
         f"the model produced NaN or infinity for row(s) {bad} of the rows it was given",
         [FieldError("instances", "model output is not a finite number")],
     )
+
+
+def class_keys(classes: Any) -> list[str]:
+    """The keys of `probabilities`: each class as a string, in the model's class order."""
+    return [str(_plain(c)) for c in classes]
 
 
 def _plain(value: Any) -> Label:

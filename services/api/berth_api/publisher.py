@@ -1,5 +1,10 @@
-"""Everything the request path asks of Redis: cache reads, and one pipeline per request that
-writes the cache, appends the ledger entry and counts the served rows.
+"""Everything the request path asks of Redis: cache reads, and for each request the ledger
+append, the cache writes and the served-row count.
+
+All of it goes through one pipeline at a time per process, continuously batched (`coalesce`):
+whatever requests queued while the last round trip was out (cache reads of some, ledger entries
+of others) goes out together in the next. A lone request costs a round trip for its cache read
+and one for its record; at load, dozens of requests share each round trip.
 
 Redis failing never fails a prediction: a cache read that fails is a miss, and a ledger entry the
 stream cannot take goes to the durable spool before the response is sent. Only when neither
@@ -18,6 +23,7 @@ import contextlib
 import logging
 from collections import Counter
 from collections.abc import Iterable
+from dataclasses import dataclass
 from datetime import datetime
 
 from redis.asyncio import Redis
@@ -25,6 +31,7 @@ from redis.exceptions import RedisError
 from starlette.concurrency import run_in_threadpool
 
 from berth_api.cache import decode_output, encode_output
+from berth_api.coalesce import Coalescer
 from berth_api.errors import LedgerUnavailable
 from berth_api.predictor import ModelOutput
 from berth_api.spool import ClaimedSegment, LedgerSpool
@@ -34,6 +41,24 @@ logger = logging.getLogger(__name__)
 
 SERVED_COUNTER_TTL_SECONDS = 40 * 24 * 3600
 REPLAY_BATCH = 200
+# Requests whose Redis work may share one pipeline.
+MAX_OPS_PER_ROUND_TRIP = 256
+
+
+@dataclass(frozen=True, slots=True)
+class _CacheRead:
+    keys: list[str]
+
+
+@dataclass(frozen=True, slots=True)
+class _Record:
+    records: list[PredictionRecord]
+    fields: dict[str, str]
+    new_outputs: dict[str, ModelOutput]
+
+
+# what a round trip gives each request: cached values (None: a miss), or whether it was queued
+_Answer = list[ModelOutput | None] | bool
 
 
 def served_counter(prefix: str, served_at: datetime) -> tuple[str, str]:
@@ -57,6 +82,18 @@ class RedisGateway:
         self._ttl = cache_ttl_seconds
         self._healthy = True
         self.spool = spool
+        self._round_trips: Coalescer[_CacheRead | _Record, _Answer] = Coalescer(
+            self._round_trip, max_size=MAX_OPS_PER_ROUND_TRIP
+        )
+
+    @property
+    def round_trips(self) -> int:
+        """Pipelines sent for requests so far; with `requests`, how much they were shared."""
+        return self._round_trips.calls
+
+    @property
+    def requests(self) -> int:
+        return self._round_trips.items
 
     @property
     def redis_available(self) -> bool:
@@ -65,36 +102,56 @@ class RedisGateway:
     async def cached_outputs(self, keys: list[str]) -> list[ModelOutput | None]:
         if not self._healthy:
             return [None] * len(keys)
-        try:
-            raw = await self._client.mget(keys)
-        except (RedisError, OSError) as exc:
-            self._failed("cache read", exc)
-            return [None] * len(keys)
-        self._recovered()
-        return [decode_output(value) for value in raw]
+        answer = await self._round_trips.submit(_CacheRead(keys))
+        return [None] * len(keys) if isinstance(answer, bool) else answer
 
     async def record(
         self, records: list[PredictionRecord], new_outputs: dict[str, ModelOutput]
     ) -> None:
         """Keeps the request's ledger entry in the stream, or else in the spool, or raises."""
         fields = encode_entry(records)
-        if not self._healthy:
-            await self._spool(records, fields)
-            return
-        pipe = self._client.pipeline(transaction=False)
-        pipe.xadd(self._stream, fields)  # type: ignore[arg-type]
-        self._count_served(pipe, records)
-        for key, output in new_outputs.items():
-            pipe.set(key, encode_output(output), ex=self._ttl)
-        try:
-            results = await pipe.execute(raise_on_error=False)
-            if isinstance(results[0], Exception):
-                raise results[0]
-        except (RedisError, OSError) as exc:
-            self._failed("ledger append", exc)
-        else:
+        if self._healthy and await self._round_trips.submit(_Record(records, fields, new_outputs)):
             return
         await self._spool(records, fields)
+
+    async def _round_trip(self, ops: list[_CacheRead | _Record]) -> list[_Answer | BaseException]:
+        """One pipeline for every queued request: its reads, its ledger appends, its cache
+        writes, and the served counters summed over the whole batch."""
+        pipe = self._client.pipeline(transaction=False)
+        served: list[PredictionRecord] = []
+        for op in ops:
+            if isinstance(op, _CacheRead):
+                pipe.mget(op.keys)
+            else:
+                pipe.xadd(self._stream, op.fields)  # type: ignore[arg-type]
+                for key, output in op.new_outputs.items():
+                    pipe.set(key, encode_output(output), ex=self._ttl)
+                served.extend(op.records)
+        self._count_served(pipe, served)
+        try:
+            results = await pipe.execute(raise_on_error=False)
+        except (RedisError, OSError) as exc:
+            self._failed("round trip", exc)
+            return [[None] * len(op.keys) if isinstance(op, _CacheRead) else False for op in ops]
+        answers: list[_Answer | BaseException] = []
+        position = 0
+        for op in ops:
+            result = results[position]
+            if isinstance(op, _CacheRead):
+                position += 1
+                if isinstance(result, Exception):
+                    self._failed("cache read", result)
+                    answers.append([None] * len(op.keys))
+                else:
+                    answers.append([decode_output(value) for value in result])
+            else:
+                position += 1 + len(op.new_outputs)
+                if isinstance(result, Exception):
+                    self._failed("ledger append", result)
+                answers.append(not isinstance(result, Exception))
+        if all(a is not False for a in answers):
+            self._recovered()
+        return answers
 
     async def _spool(self, records: list[PredictionRecord], fields: dict[str, str]) -> None:
         try:

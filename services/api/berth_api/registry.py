@@ -10,6 +10,7 @@ import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from berth_api.batching import ModelBatcher
 from berth_api.bundles import (
     BundleError,
     ModelBundle,
@@ -17,8 +18,9 @@ from berth_api.bundles import (
     load_bundle,
     version_sort_key,
 )
+from berth_api.compiled import CompiledPredictor, NotCompiled
 from berth_api.errors import ModelNotFound, ModelNotReady
-from berth_api.predictor import Predictor
+from berth_api.predictor import Predictor, Predicts
 from berth_common.settings import ApiSettings
 
 logger = logging.getLogger(__name__)
@@ -27,7 +29,24 @@ logger = logging.getLogger(__name__)
 @dataclass(frozen=True)
 class ServedModel:
     bundle: ModelBundle
-    predictor: Predictor
+    batcher: ModelBatcher
+
+    @property
+    def predictor(self) -> Predicts:
+        return self.batcher.predictor
+
+
+def choose_predictor(bundle: ModelBundle, settings: ApiSettings) -> Predicts:
+    """The bundle's verified ONNX graph when it has one and COMPILED_MODELS allows, else
+    scikit-learn."""
+    if settings.compiled_models and bundle.compiled is not None:
+        try:
+            return CompiledPredictor.for_bundle(bundle, threads=settings.model_threads)
+        except NotCompiled as exc:
+            logger.error(
+                "%s/%s: %s; serving it with scikit-learn", bundle.name, bundle.version, exc
+            )
+    return Predictor.for_bundle(bundle)
 
 
 @dataclass
@@ -54,8 +73,14 @@ class ModelRegistry:
                     logger.error("not serving bundle %s: %s", key, exc)
                     registry.failures[key] = str(exc)
                     continue
-                registry.models[(name, bundle.version)] = ServedModel(bundle, Predictor(bundle))
-                logger.info("loaded bundle %s from %s", key, bundle_dir)
+                batcher = ModelBatcher(
+                    choose_predictor(bundle, settings),
+                    name=key,
+                    max_size=settings.batch_max_size,
+                    max_wait_seconds=settings.batch_max_wait_ms / 1000.0,
+                )
+                registry.models[(name, bundle.version)] = ServedModel(bundle, batcher)
+                logger.info("loaded bundle %s from %s (%s)", key, bundle_dir, batcher.engine)
             registry.resolved[name] = versions[-1].name
         registry.resolved.update(settings.version_pins)
         default = settings.default_model
@@ -84,6 +109,10 @@ class ModelRegistry:
 
     def default(self) -> ServedModel:
         return self.get(self.default_model)
+
+    def close(self) -> None:
+        for served in self.models.values():
+            served.batcher.close()
 
     def default_ready(self) -> tuple[bool, str]:
         try:

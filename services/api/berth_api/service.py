@@ -11,8 +11,6 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
 
-from starlette.concurrency import run_in_threadpool
-
 from berth_api.cache import cache_key
 from berth_api.features import rows_from_instances
 from berth_api.predictor import ModelOutput
@@ -45,7 +43,7 @@ class PredictionService:
         misses = [i for i, output in enumerate(outputs) if output is None]
         fresh: dict[str, ModelOutput] = {}
         if misses:
-            computed = await run_in_threadpool(served.predictor.predict, [rows[i] for i in misses])
+            computed = await served.batcher.predict([rows[i] for i in misses])
             for i, output in zip(misses, computed, strict=True):
                 outputs[i] = output
                 fresh[keys[i]] = output

@@ -18,6 +18,7 @@ from sklearn.metrics import accuracy_score
 from sklearn.model_selection import train_test_split
 
 from berth_api.bundles import BundleMetadata, FeatureSpec, bundle_dirs, write_bundle
+from berth_api.package import try_compile
 
 DEMO_NAME = "iris"
 DEMO_VERSION = "1"
@@ -33,12 +34,16 @@ def train_demo(models_dir: Path, *, replace: bool = False) -> BundleMetadata:
     model = RandomForestClassifier(n_estimators=100, random_state=42)
     model.fit(x_train, y_train)
     accuracy = float(accuracy_score(y_test, model.predict(x_test)))
+    features = [FeatureSpec(name=name, type="number") for name in IRIS_FEATURES]
+    # checked against scikit-learn on every iris row plus generated ones
+    compiled, outcome = try_compile(model, features, data.data.tolist())
+    print(outcome)
     return write_bundle(
         models_dir,
         model=model,
         name=DEMO_NAME,
         version=DEMO_VERSION,
-        features=[FeatureSpec(name=name, type="number") for name in IRIS_FEATURES],
+        features=features,
         metrics={
             "accuracy": accuracy,
             "train_rows": float(len(y_train)),
@@ -46,6 +51,7 @@ def train_demo(models_dir: Path, *, replace: bool = False) -> BundleMetadata:
         },
         description="Demo: RandomForestClassifier(n_estimators=100) on scikit-learn's iris data.",
         example=dict(zip(IRIS_FEATURES, [5.1, 3.5, 1.4, 0.2], strict=True)),
+        compiled=(compiled.graph, compiled.spec) if compiled is not None else None,
         replace=replace,
     )
 

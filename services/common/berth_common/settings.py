@@ -174,9 +174,24 @@ class ApiSettings(CommonSettings):
     spool_dir: Path = Path("/spool")
     spool_replay_interval_seconds: Annotated[float, Field(gt=0)] = 1.0
 
+    # API processes; each serves requests on its own core. Two fits this 2-core reference machine:
+    # one per core, the model calls of each running in its own thread.
     api_workers: PositiveInt = 2
     access_log: bool = True
     allow_version_mismatch: bool = False
+
+    # Continuous batching: rows that arrive while a model is busy go into its next call, up to
+    # this many rows per call. A request larger than this is one call of its own.
+    batch_max_size: PositiveInt = 64
+    # How long a call may wait for more rows once one is queued; 0 never waits (the default:
+    # batching then costs a lone request nothing).
+    batch_max_wait_ms: Annotated[float, Field(ge=0, le=1000)] = 0.0
+    # Serve a bundle's verified ONNX graph (onnxruntime) when it carries one; false forces
+    # scikit-learn for every model.
+    compiled_models: bool = True
+    # Threads per model call (onnxruntime, OpenMP, BLAS) in each API process. More than one
+    # per process oversubscribes the cores as soon as API_WORKERS covers them.
+    model_threads: PositiveInt = 1
 
 
 class WorkerSettings(CommonSettings):

@@ -1,0 +1,89 @@
+"""The Redis gateway's shared round trips, against the real Redis: one pipeline carries the
+cache reads of some requests and the ledger entries and cache writes of others, and each
+request must get exactly its own part of the answer."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import UTC, datetime
+from pathlib import Path
+
+import redis
+from redis.asyncio import Redis as AsyncRedis
+
+from berth_api.predictor import ModelOutput
+from berth_api.publisher import RedisGateway, served_counter
+from berth_api.spool import LedgerSpool
+from berth_common.ledger import PredictionRecord, decode_entry
+from berth_common.settings import CommonSettings
+
+
+def record(request_id: str, rows: int) -> list[PredictionRecord]:
+    return [
+        PredictionRecord(
+            request_id=request_id,
+            row_index=i,
+            model_name="iris",
+            model_version="1",
+            features={"x": float(i)},
+            prediction="setosa",
+            probabilities={"setosa": 1.0},
+            cached=False,
+            latency_ms=0.5,
+            served_at=datetime.now(UTC),
+        )
+        for i in range(rows)
+    ]
+
+
+def test_mixed_reads_and_writes_in_one_round_trip_are_answered_in_order(
+    common_settings: CommonSettings, redis_client: redis.Redis, tmp_path: Path
+) -> None:
+    prefix = common_settings.redis_key_prefix
+    stream = common_settings.ledger_stream
+    key = f"{prefix}:cache:test"
+    redis_client.set(f"{key}:known", '{"l":"virginica","p":{"virginica":1.0}}')
+
+    async def run() -> tuple[list[object], int, int]:
+        client = AsyncRedis(**common_settings.redis_kwargs())
+        gateway = RedisGateway(
+            client,
+            stream=stream,
+            key_prefix=prefix,
+            cache_ttl_seconds=60,
+            spool=LedgerSpool(tmp_path),
+        )
+        try:
+            a, b = ModelOutput("a", {"a": 1.0}), ModelOutput("b", None)
+            # gathered before the first round trip starts: all of them share it, in this order
+            results: list[object] = await asyncio.gather(
+                gateway.record(record("w-1", 2), {f"{key}:a": a, f"{key}:b": b}),
+                gateway.cached_outputs([f"{key}:known", f"{key}:missing"]),
+                gateway.record(record("w-2", 1), {}),
+                gateway.cached_outputs([f"{key}:missing"]),
+                gateway.record(record("w-3", 3), {f"{key}:c": a}),
+            )  # type: ignore[assignment]
+            again = await gateway.cached_outputs([f"{key}:a", f"{key}:b", f"{key}:c"])
+            results.append(again)
+            return results, gateway.round_trips, gateway.requests
+        finally:
+            await client.aclose()
+
+    results, round_trips, requests = asyncio.run(run())
+    assert (round_trips, requests) == (2, 6)
+    assert results[0] is None
+    assert results[1] == [ModelOutput("virginica", {"virginica": 1.0}), None]
+    assert results[3] == [None]
+    assert results[5] == [
+        ModelOutput("a", {"a": 1.0}),
+        ModelOutput("b", None),
+        ModelOutput("a", {"a": 1.0}),
+    ]
+    entries = redis_client.xrange(stream)
+    assert [[r.request_id for r in decode_entry(fields)] for _, fields in entries] == [
+        ["w-1", "w-1"],
+        ["w-2"],
+        ["w-3", "w-3", "w-3"],
+    ]
+    day, _ = served_counter(prefix, datetime.now(UTC))
+    assert sum(int(v) for v in redis_client.hgetall(day).values()) == 6
