@@ -13,9 +13,14 @@ from berth_api.errors import Unauthorized
 async def require_api_key(request: Request) -> None:
     """Async so that FastAPI runs it on the loop, not in a thread (see `deps`)."""
     keys = (await get_state(request)).settings.api_key_list
+    check_api_key(keys, request.headers.get("authorization", ""))
+
+
+def check_api_key(keys: list[str], authorization: str) -> None:
+    """Raises Unauthorized unless no keys are set or `authorization` bears one of them."""
     if not keys:
         return
-    scheme, _, token = request.headers.get("authorization", "").partition(" ")
+    scheme, _, token = authorization.partition(" ")
     if scheme.lower() != "bearer" or not token:
         raise Unauthorized("send an API key as 'Authorization: Bearer <key>'")
     supplied = token.strip().encode()

@@ -1,0 +1,112 @@
+"""The prediction endpoints' common case, served in plain ASGI.
+
+FastAPI's per-request machinery (dependency solving, body model validation, response model
+serialisation, its router) cost twice as much CPU as everything Berth itself does for a
+one-row prediction. This middleware answers the common case of the three REST prediction routes
+directly: a JSON body that is exactly `{"features": row}` or `{"instances": [rows]}`. It goes
+through the same `PredictionService`, the same API-key check and the same error documents, and
+answers with the same `PredictResponse` model, so a client cannot tell which path served it.
+
+Anything else (another content type, JSON it cannot read, extra keys, a wrong shape) is handed,
+body and all, to the FastAPI route, which gives the canonical answer or error. The routes stay
+the documented interface; this is only a shortcut to them.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import orjson
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from berth_api.auth import check_api_key
+from berth_api.deps import ApiState
+from berth_api.errors import BerthError, problem_response
+from berth_api.limits import replaying
+from berth_api.registry import ServedModel
+from berth_common.logconfig import request_id_var
+
+_MODEL_ROUTE = re.compile(r"^/v1/models/([^/]+)/(?:versions/([^/]+)/)?predict$")
+_JSON_HEADERS = [(b"content-type", b"application/json")]
+
+
+class PredictFastPath:
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["method"] != "POST":
+            await self.app(scope, receive, send)
+            return
+        path: str = scope["path"]
+        if path == "/predict":
+            name: str | None = None
+            version: str | None = None
+        else:
+            match = _MODEL_ROUTE.match(path)
+            if match is None:
+                await self.app(scope, receive, send)
+                return
+            name, version = match.group(1), match.group(2)
+        headers = dict(scope["headers"])
+        if not headers.get(b"content-type", b"").startswith(b"application/json"):
+            await self.app(scope, receive, send)
+            return
+        body, complete = await _read_body(receive)
+        if not complete:  # the client went away: nobody to answer
+            return
+        instances = _instances(body, default_route=name is None)
+        if instances is None:
+            await self.app(scope, replaying(body, receive), send)
+            return
+        state: ApiState = scope["state"]["berth"]
+        try:
+            check_api_key(
+                state.settings.api_key_list, headers.get(b"authorization", b"").decode("latin-1")
+            )
+            served: ServedModel = (
+                state.registry.default() if name is None else state.registry.get(name, version)
+            )
+            request_id = request_id_var.get()
+            assert request_id is not None, "RequestIdMiddleware sets it for every request"
+            answer = await state.service.predict(served, instances, request_id)
+        except BerthError as exc:
+            response = problem_response(
+                exc.status, exc.code, exc.title, exc.detail, exc.errors, exc.headers, path
+            )
+            await response(scope, receive, send)
+            return
+        await send({"type": "http.response.start", "status": 200, "headers": _JSON_HEADERS})
+        await send({"type": "http.response.body", "body": answer.model_dump_json().encode()})
+
+
+def _instances(body: bytes, *, default_route: bool) -> list[Any] | None:
+    """The rows of a body in one of the two plain forms, or None to let the route decide."""
+    try:
+        document = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return None
+    if not isinstance(document, dict) or len(document) != 1:
+        return None
+    if "instances" in document:
+        rows = document["instances"]
+        if isinstance(rows, list) and all(isinstance(row, list | dict) for row in rows):
+            return rows
+        return None
+    if default_route and "features" in document:
+        row = document["features"]
+        return [row] if isinstance(row, list | dict) else None
+    return None
+
+
+async def _read_body(receive: Receive) -> tuple[bytes, bool]:
+    """The whole body, and False if the client went away before sending it."""
+    chunks: list[bytes] = []
+    while True:
+        message = await receive()
+        if message["type"] != "http.request":
+            return b"".join(chunks), False
+        chunks.append(message.get("body", b""))
+        if not message.get("more_body", False):
+            return b"".join(chunks), True
