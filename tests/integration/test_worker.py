@@ -288,7 +288,7 @@ def test_entry_the_database_refuses_is_retried_then_dead_lettered(
 
     letter = dead_letters(engine)[refused_id]
     assert letter["delivery_count"] == 2
-    assert "integer out of range" in letter["error"]
+    assert "out of range for type integer" in letter["error"]
     assert letter["error"].startswith("not stored after 2 deliveries")
     assert (second.entries, second.dead_lettered, second.acked) == (1, 1, 1)
     assert pending_count(redis_client, settings) == 0

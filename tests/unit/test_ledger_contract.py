@@ -14,6 +14,7 @@ from berth_common.ledger import (
     FORMAT_FIELD,
     RECORDS_FIELD,
     MalformedEntry,
+    PredictionRecord,
     decode_entry,
     encode_entry,
     raw_entry_text,
@@ -135,3 +136,81 @@ def test_invalid_utf8_is_replaced_not_fatal() -> None:
 
 def test_raw_entry_text_is_stable_json() -> None:
     assert raw_entry_text({"v": "1", "records": "[]"}) == '{"records": "[]", "v": "1"}'
+
+
+def careful_decode(records_text: str) -> list[PredictionRecord] | None:
+    """The contract spelled out the slow way: json.loads refusing non-finite numbers, then one
+    model_validate per record; None where decode_entry must refuse the entry."""
+
+    def refuse(name: str) -> Any:
+        raise ValueError(name)
+
+    try:
+        items = json.loads(records_text, parse_constant=refuse)
+        if not isinstance(items, list) or not items:
+            return None
+        return [PredictionRecord.model_validate(item) for item in items]
+    except ValueError:  # ValidationError is one
+        return None
+
+
+CANONICAL = json.dumps([record_json()])
+
+
+@pytest.mark.parametrize(
+    ("old", "new"),
+    [
+        pytest.param("", "", id="canonical"),
+        pytest.param('"req-1"', '"NaN and Infinity in a string"', id="non-finite-word-in-string"),
+        pytest.param("5.1", "NaN", id="nan"),
+        pytest.param("5.1", "1e400", id="overflow-to-inf"),
+        pytest.param("5.1", "1E-400", id="underflow"),
+        pytest.param("5.1", "123456789012345678901234567890", id="big-int"),
+        pytest.param("5.1", "-0.0", id="negative-zero"),
+        pytest.param("5.1", "0.1000000000000000055511151231257827", id="long-float"),
+        pytest.param('"req-1"', '"\\ud83d\\ude00 \\u00e9 \\t\\n\\\\ \\u0001"', id="escapes"),
+        pytest.param('"req-1"', '"\\ud800"', id="lone-surrogate"),
+        pytest.param('"req-1"', '"a\\u0000b"', id="escaped-nul"),
+        pytest.param('"req-1"', '"a\tb"', id="raw-tab-in-string"),
+        pytest.param('"req-1"', '"a\x7fb"', id="raw-del-in-string"),
+        pytest.param('"req-1"', '"a\\qb"', id="bad-escape"),
+        pytest.param('"row_index": 0', '"row_index": "3"', id="row-index-as-string"),
+        pytest.param('"row_index": 0', '"row_index": 3.0', id="row-index-as-float"),
+        pytest.param('"row_index": 0', '"row_index": true', id="row-index-as-bool"),
+        pytest.param('"row_index": 0', '"row_index": 00', id="leading-zero"),
+        pytest.param('"cached": false', '"cached": "yes"', id="cached-as-string"),
+        pytest.param('"cached": false', '"cached": 0', id="cached-as-int"),
+        pytest.param('"latency_ms": 1.75', '"latency_ms": "1.75"', id="latency-as-string"),
+        pytest.param('"2024-05-17T12:30:15.250000Z"', "1715949015", id="served-at-as-unix"),
+        pytest.param('"2024-05-17T12:30:15.250000Z"', '"2024-05-17"', id="served-at-date-only"),
+        pytest.param('"2024-05-17T12:30:15.250000Z"', '"2024-05-17T14:30:15+02:00"', id="offset"),
+        pytest.param("0.97", "1", id="probability-as-int"),
+        pytest.param('"note": null', '"note": null, "note": 1', id="duplicate-key"),
+        pytest.param('"note": null', '"note": [1]', id="nested-feature"),
+        pytest.param('"prediction": "setosa"', '"prediction": "1"', id="numeric-string-label"),
+        pytest.param("[{", "[\u00a0{", id="unicode-whitespace"),
+        pytest.param("}]", "},]", id="trailing-comma"),
+        pytest.param("}]", "}] x", id="trailing-garbage"),
+        pytest.param("[{", "\ufeff[{", id="byte-order-mark"),
+        pytest.param(CANONICAL, "[]", id="empty-array"),
+        pytest.param(CANONICAL, "[[]]", id="array-of-array"),
+        pytest.param(CANONICAL, f"[{CANONICAL[1:-1]}, {CANONICAL[1:-1]}]", id="two-records"),
+    ],
+)
+def test_decode_agrees_with_the_careful_decoding(old: str, new: str) -> None:
+    # decode_entry takes a fast path for the usual entry; whatever the input, it must accept
+    # exactly what the careful decoding accepts and give the same records.
+    records_text = CANONICAL.replace(old, new, 1)
+    assert records_text != CANONICAL or old == new
+    expected = careful_decode(records_text)
+
+    for fields in (entry_with(records_text), as_redis_bytes(entry_with(records_text))):
+        if expected is None:
+            with pytest.raises(MalformedEntry):
+                decode_entry(fields)
+        else:
+            assert decode_entry(fields) == expected
+
+
+def as_redis_bytes(fields: dict[str, str]) -> dict[bytes, bytes]:
+    return {key.encode(): value.encode() for key, value in fields.items()}

@@ -252,7 +252,9 @@ class LedgerConsumer:
         if not entries:
             self._last_batch_size = 0
             return BatchOutcome()
-        return self._process(entries)
+        # `>` delivers only entries never delivered before: this read is the first delivery of
+        # each, so their counts are known without asking XPENDING.
+        return self._process(entries, first_delivery=True)
 
     def beat(self) -> None:
         """Refreshes the heartbeat; raises when Redis is unreachable, like any other call."""
@@ -281,9 +283,11 @@ class LedgerConsumer:
                 return
             time.sleep(min(remaining, _PAUSE_SLICE_SECONDS))
 
-    def _process(self, raw_entries: Sequence[RawEntry]) -> BatchOutcome:
+    def _process(
+        self, raw_entries: Sequence[RawEntry], *, first_delivery: bool = False
+    ) -> BatchOutcome:
         ids = [_text(stream_id) for stream_id, _ in raw_entries]
-        counts = self._delivery_counts(ids)
+        counts = {} if first_delivery else self._delivery_counts(ids)
         entries = [
             StreamEntry(
                 stream_id=stream_id,
@@ -362,7 +366,7 @@ class LedgerConsumer:
         if not ids:
             return {}
         ordered = sorted(ids, key=stream_id_key)
-        # One range query covers a batch read with `>`, whose entries are contiguous for us.
+        # One range query covers a batch of our own pending entries, which are contiguous for us.
         rows = self._redis.xpending_range(
             self._stream,
             self._group,

@@ -1,31 +1,60 @@
 """Writes stream entries to PostgreSQL and says which of them may be acknowledged.
 
-The fast path is one INSERT per batch, committed together with the dead letters of malformed
-entries, so that a batch costs one round trip and one commit. Only when the database refuses the
-batch for something in the data does the writer fall back to one transaction per entry, so that a
-single bad entry cannot hold up the others. Connection failures are not handled here: they
-propagate, nothing is acknowledged, and the consumer retries the whole batch.
+The fast path is one COPY per batch into a temporary staging table, then one
+`INSERT ... SELECT ... ON CONFLICT DO NOTHING` from it into `predictions`, committed together with
+the dead letters of malformed entries. COPY is the cheapest way into PostgreSQL for both
+processes: no statement to build or parse per row, and PostgreSQL parses each chunk of rows while
+the writer formats the next. The staging step keeps the insert idempotent, which a COPY straight
+into the table would not be. Only when the database refuses the batch for something in the data
+does the writer fall back to one transaction per entry, so that a single bad entry cannot hold up
+the others. Connection failures are not handled here: they propagate, nothing is acknowledged,
+and the consumer retries the whole batch.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, NamedTuple
+from typing import NamedTuple, Protocol, cast
 
-from sqlalchemy import Connection, Engine, null
+from sqlalchemy import Connection, Engine
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.exc import DataError, DBAPIError, IntegrityError
 
 from berth_common.ledger import MalformedEntry, PredictionRecord, decode_entry, raw_entry_text
-from berth_common.tables import LedgerDeadLetter, Prediction
+from berth_common.tables import LedgerDeadLetter, predictions
 
 log = logging.getLogger(__name__)
 
-# Errors that the same data will raise again on every attempt. psycopg2 raises a bare ValueError,
-# before anything reaches the server, for a string holding a NUL character.
+# Errors that the same data will raise again on every attempt. A NUL character, which no
+# PostgreSQL string can hold, and a lone surrogate, which jsonb refuses, are DataErrors from the
+# server; a ValueError would come from Python, for a string that cannot be encoded as UTF-8.
 DATA_ERRORS: tuple[type[Exception], ...] = (IntegrityError, DataError, ValueError)
+
+# The columns a record fills, in the order of the record's fields; stored_at is the server's.
+RECORD_COLUMNS: tuple[str, ...] = tuple(PredictionRecord.model_fields)
+STAGING_TABLE = "berth_predictions_staging"
+_COLUMN_LIST = ", ".join(RECORD_COLUMNS)
+# Session-local, created by each connection's first batch (and again after a rollback undid
+# that), emptied by every commit. CREATE TABLE AS takes the column types of the table and nothing
+# else, so a value the table cannot hold is refused by the COPY, with the type's own error. (The
+# statements are put together from the constants above only, never from data.)
+_CREATE_STAGING = (
+    f"CREATE TEMPORARY TABLE IF NOT EXISTS {STAGING_TABLE} ON COMMIT DELETE ROWS AS "  # noqa: S608
+    f"SELECT {_COLUMN_LIST} FROM {predictions.name} WITH NO DATA"
+)
+_COPY_STAGING = f"COPY {STAGING_TABLE} ({_COLUMN_LIST}) FROM STDIN"
+_INSERT_FROM_STAGING = (
+    f"INSERT INTO {predictions.name} ({_COLUMN_LIST}) "  # noqa: S608
+    f"SELECT {_COLUMN_LIST} FROM {STAGING_TABLE} "
+    "ON CONFLICT (request_id, row_index) DO NOTHING"
+)
+# COPY's text format: a tab between columns, a newline after each row, \N for NULL; these four
+# characters must be written as backslash escapes wherever they occur inside a value.
+_COPY_ESCAPES = str.maketrans({"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r"})
+_COPY_NULL = "\\N"
 
 DELETED_ENTRY_ERROR = "entry was deleted from the stream before it was stored"
 
@@ -161,14 +190,106 @@ def _decode(entry: StreamEntry) -> list[PredictionRecord]:
 
 
 def _insert_records(connection: Connection, records: list[PredictionRecord]) -> int:
+    """Inserts the records that are not stored yet and returns how many that was."""
     if not records:
         return 0
-    statement = (
-        insert(Prediction)
-        .values([_row(record) for record in records])
-        .on_conflict_do_nothing(index_elements=["request_id", "row_index"])
+    connection.exec_driver_sql(_CREATE_STAGING)
+    _copy(connection, _COPY_STAGING, _CopySource(records))
+    return connection.exec_driver_sql(_INSERT_FROM_STAGING).rowcount
+
+
+def _copy_line(record: PredictionRecord) -> str:
+    """One row of COPY text; JSON is written by json.dumps, as SQLAlchemy writes it for JSONB."""
+    # An absent probabilities is SQL NULL, so that `probabilities IS NULL` finds it.
+    probabilities = _COPY_NULL if record.probabilities is None else _json(record.probabilities)
+    values = (
+        record.request_id.translate(_COPY_ESCAPES),
+        str(record.row_index),
+        record.model_name.translate(_COPY_ESCAPES),
+        record.model_version.translate(_COPY_ESCAPES),
+        _json(record.features),
+        _json(record.prediction),
+        probabilities,
+        "t" if record.cached else "f",
+        repr(record.latency_ms),
+        record.served_at.isoformat(),
     )
-    return connection.execute(statement).rowcount
+    return "\t".join(values) + "\n"
+
+
+def _json(value: object) -> str:
+    # json.dumps writes every control character as an escape, so only its backslashes need one.
+    return json.dumps(value).replace("\\", "\\\\")
+
+
+class _CopySource:
+    """COPY data written a chunk at a time as psycopg2 reads it, so that PostgreSQL parses one
+    chunk while the next one is being written.
+
+    psycopg2 turns an exception raised by read() into a QueryCanceled, which would pass for a
+    database failure and be retried for ever; it is kept here instead, the data ends early, and
+    _copy raises it once the COPY is over. (The contract already refuses the strings that UTF-8
+    cannot encode in text columns, and json.dumps escapes them in JSON ones; should one get here
+    all the same, it is a ValueError, one of the data errors.)
+    """
+
+    def __init__(self, records: Sequence[PredictionRecord]) -> None:
+        self._records = iter(records)
+        self.error: Exception | None = None
+
+    def read(self, size: int) -> bytes:
+        if self.error is not None:
+            return b""
+        lines: list[str] = []
+        length = 0
+        try:
+            for record in self._records:
+                line = _copy_line(record)
+                lines.append(line)
+                length += len(line)
+                if length >= size:
+                    break
+            return "".join(lines).encode("utf-8")
+        except Exception as exc:
+            self.error = exc
+            return b""
+
+
+class _CopyCursor(Protocol):
+    def copy_expert(self, sql: str, file: _CopySource) -> None: ...
+
+    def close(self) -> None: ...
+
+
+class _CopyConnection(Protocol):
+    def cursor(self) -> _CopyCursor: ...
+
+
+def _copy(connection: Connection, statement: str, source: _CopySource) -> None:
+    """COPY ... FROM STDIN on the connection's own transaction, through psycopg2's cursor.
+
+    SQLAlchemy has no COPY, so its usual translation of driver errors is done here: a refused
+    value must reach the caller as the DataError that any other statement would raise, and a lost
+    connection as an error the consumer retries.
+    """
+    dialect = connection.dialect
+    dbapi_error = dialect.loaded_dbapi.Error
+    cursor = cast(_CopyConnection, connection.connection.driver_connection).cursor()
+    try:
+        cursor.copy_expert(statement, source)
+    except dbapi_error as exc:
+        # As SQLAlchemy does for its own statements: a connection found dead leaves the pool now,
+        # instead of failing the rollback that follows.
+        disconnected = dialect.is_disconnect(exc, connection.connection, None)
+        if disconnected:
+            connection.invalidate(exc)
+        raise DBAPIError.instance(
+            statement, None, exc, dbapi_error, connection_invalidated=disconnected, dialect=dialect
+        ) from exc
+    finally:
+        cursor.close()
+    if source.error is not None:
+        raise source.error
 
 
 def _insert_dead_letters(connection: Connection, letters: list[_DeadLetter]) -> None:
@@ -190,15 +311,6 @@ def _insert_dead_letters(connection: Connection, letters: list[_DeadLetter]) -> 
         .on_conflict_do_nothing(index_elements=["stream_id"])
     )
     connection.execute(statement)
-
-
-def _row(record: PredictionRecord) -> dict[str, Any]:
-    row = record.model_dump()
-    # A record without probabilities is SQL NULL, so `probabilities IS NULL` finds it; left as
-    # None, SQLAlchemy would store the JSON value null instead.
-    if record.probabilities is None:
-        row["probabilities"] = null()
-    return row
 
 
 def _dead_letter(entry: StreamEntry, error: str) -> _DeadLetter:
