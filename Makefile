@@ -31,7 +31,7 @@ FAULTS_TIMEOUT ?= 2400
 PREDICT_BODY := {"features": [5.1, 3.5, 1.4, 0.2]}
 
 .PHONY: help up down clean logs ps build train package audit migrate psql fmt lint typecheck test test-local \
-  test-faults
+  test-faults bench
 
 help: ## list the targets
 	@awk 'BEGIN { FS = ":.*## " } /^[a-z-]+:.*## / { printf "  make %-11s %s\n", $$1, $$2 }' $(MAKEFILE_LIST)
@@ -169,3 +169,10 @@ FAULTS_RUN = -v "$(abspath $(FAULTS_ENV)):/run/berth-faults.env:ro" \
 # FAULTS=expression runs only the matching scenarios (pytest -k), e.g. FAULTS=redis_down
 test-faults: $(FAULTS_ENV) ## kill, stop and restart services under load; check the ledger (minutes)
 	$(call in-test-project,$(FAULTS_COMPOSE),$(FAULTS_PROJECT),$(FAULTS_RUN))
+
+# ---- performance -----------------------------------------------------------------------------
+
+# Its own compose project (berth-bench, port 18200), torn down afterwards; results in
+# bench-results/. BENCH_SECONDS=10 per run; BENCH_BASELINES=0 skips Flask and MLServer.
+bench: ## benchmark Berth against Flask and MLServer with wrk; tables + JSON in bench-results/
+	$(PYTHON) bench/run.py
