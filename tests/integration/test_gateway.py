@@ -79,11 +79,10 @@ def test_mixed_reads_and_writes_in_one_round_trip_are_answered_in_order(
         ModelOutput("b", None),
         ModelOutput("a", {"a": 1.0}),
     ]
+    # one stream entry per round trip, holding every request's records in order
     entries = redis_client.xrange(stream)
-    assert [[r.request_id for r in decode_entry(fields)] for _, fields in entries] == [
-        ["w-1", "w-1"],
-        ["w-2"],
-        ["w-3", "w-3", "w-3"],
+    assert [[(r.request_id, r.row_index) for r in decode_entry(f)] for _, f in entries] == [
+        [("w-1", 0), ("w-1", 1), ("w-2", 0), ("w-3", 0), ("w-3", 1), ("w-3", 2)]
     ]
     day, _ = served_counter(prefix, datetime.now(UTC))
     assert sum(int(v) for v in redis_client.hgetall(day).values()) == 6

@@ -589,3 +589,38 @@ def test_trimming_removes_only_acknowledged_entries(
     assert remaining == [pending_id, unread_id]
     assert not set(stored_ids) & set(remaining)
     assert consumer.trim_acknowledged() == 0  # the pending entry holds everything after it
+
+
+def test_a_partial_batch_lets_entries_gather_before_the_next_read(
+    settings: WorkerSettings, redis_client: redis.Redis, engine: Engine
+) -> None:
+    """Caught up, the worker waits WORKER_BATCH_WAIT_MS so that the next transaction is a large
+    one; with a full batch (a backlog) it reads on at once."""
+    batched = settings.model_copy(update={"worker_batch_size": 3, "worker_batch_wait_ms": 40})
+    consumer = make_consumer(batched, redis_client, engine)
+    pauses: list[float] = []
+    consumer._pause = pauses.append  # type: ignore[method-assign]
+
+    for i in range(4):
+        publish(redis_client, batched, make_record(f"gather-{i}"))
+    first = consumer.process_available()  # a full batch of 3: no wait
+    second = consumer.process_available()  # the last one: a partial batch, then the wait
+    third = consumer.process_available()  # nothing new (after the block): no wait
+
+    assert (first.entries, second.entries, third.entries) == (3, 1, 0)
+    assert pauses == [0.04]
+    assert len(stored(engine)) == 4
+
+
+def test_the_heartbeat_is_refreshed_once_a_second_not_every_iteration(
+    settings: WorkerSettings, redis_client: redis.Redis, engine: Engine
+) -> None:
+    quick = settings.model_copy(update={"worker_block_ms": 1})
+    consumer = make_consumer(quick, redis_client, engine)
+    consumer.process_available()
+    first = redis_client.get(quick.heartbeat_key())
+    consumer.process_available()
+    assert redis_client.get(quick.heartbeat_key()) == first  # not rewritten within the second
+    consumer.stop("test")
+    consumer.process_available()  # the state changed: written at once
+    assert json.loads(redis_client.get(quick.heartbeat_key()))["state"] == "stopping"

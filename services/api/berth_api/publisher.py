@@ -2,9 +2,10 @@
 append, the cache writes and the served-row count.
 
 All of it goes through one pipeline at a time per process, continuously batched (`coalesce`):
-whatever requests queued while the last round trip was out (cache reads of some, ledger entries
-of others) goes out together in the next. A lone request costs a round trip for its cache read
-and one for its record; at load, dozens of requests share each round trip.
+whatever requests queued while the last round trip was out (cache reads of some, records of
+others) goes out together in the next, as one MGET and one stream entry holding every record. A
+lone request costs a round trip for its cache read and one for its record; at load, dozens of
+requests share each round trip, and the worker reads one entry where it would have read dozens.
 
 Redis failing never fails a prediction: a cache read that fails is a miss, and a ledger entry the
 stream cannot take goes to the durable spool before the response is sent. Only when neither
@@ -25,6 +26,7 @@ from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
@@ -53,7 +55,6 @@ class _CacheRead:
 @dataclass(frozen=True, slots=True)
 class _Record:
     records: list[PredictionRecord]
-    fields: dict[str, str]
     new_outputs: dict[str, ModelOutput]
 
 
@@ -108,58 +109,72 @@ class RedisGateway:
     async def record(
         self, records: list[PredictionRecord], new_outputs: dict[str, ModelOutput]
     ) -> None:
-        """Keeps the request's ledger entry in the stream, or else in the spool, or raises."""
-        fields = encode_entry(records)
-        if self._healthy and await self._round_trips.submit(_Record(records, fields, new_outputs)):
+        """Keeps the request's records in the stream, or else in the spool, or raises."""
+        if self._healthy:
+            await self._round_trips.submit(_Record(records, new_outputs))
             return
-        await self._spool(records, fields)
+        await self._spool(encode_entry(records), records[0].request_id)
 
     async def _round_trip(self, ops: list[_CacheRead | _Record]) -> list[_Answer | BaseException]:
-        """One pipeline for every queued request: its reads, its ledger appends, its cache
-        writes, and the served counters summed over the whole batch."""
+        """One pipeline for every queued request: one MGET for all their cache reads, one
+        stream entry holding all their records, their cache writes, and the served counters."""
+        reads = [op for op in ops if isinstance(op, _CacheRead)]
+        writes = [op for op in ops if isinstance(op, _Record)]
+        keys = [key for op in reads for key in op.keys]
+        records = [record for op in writes for record in op.records]
+        fields = encode_entry(records) if records else {}
         pipe = self._client.pipeline(transaction=False)
-        served: list[PredictionRecord] = []
-        for op in ops:
-            if isinstance(op, _CacheRead):
-                pipe.mget(op.keys)
-            else:
-                pipe.xadd(self._stream, op.fields)  # type: ignore[arg-type]
+        if keys:
+            pipe.mget(keys)
+        if records:
+            pipe.xadd(self._stream, fields)  # type: ignore[arg-type]
+            for op in writes:
                 for key, output in op.new_outputs.items():
                     pipe.set(key, encode_output(output), ex=self._ttl)
-                served.extend(op.records)
-        self._count_served(pipe, served)
+            self._count_served(pipe, records)
+        results: list[Any] = []
         try:
             results = await pipe.execute(raise_on_error=False)
         except (RedisError, OSError) as exc:
             self._failed("round trip", exc)
-            return [[None] * len(op.keys) if isinstance(op, _CacheRead) else False for op in ops]
-        answers: list[_Answer | BaseException] = []
-        position = 0
-        for op in ops:
-            result = results[position]
-            if isinstance(op, _CacheRead):
-                position += 1
-                if isinstance(result, Exception):
-                    self._failed("cache read", result)
-                    answers.append([None] * len(op.keys))
-                else:
-                    answers.append([decode_output(value) for value in result])
+        values: list[bytes | None] | None = None
+        if keys and results:
+            if isinstance(results[0], Exception):
+                self._failed("cache read", results[0])
             else:
-                position += 1 + len(op.new_outputs)
-                if isinstance(result, Exception):
-                    self._failed("ledger append", result)
-                answers.append(not isinstance(result, Exception))
-        if all(a is not False for a in answers):
+                values = list(results[0])
+        outcome: bool | BaseException = True
+        appended = (
+            bool(records) and bool(results) and not isinstance(results[1 if keys else 0], Exception)
+        )
+        if records and not appended:
+            if results:
+                self._failed("ledger append", results[1 if keys else 0])
+            try:
+                await self._spool(fields, records[0].request_id)
+            except LedgerUnavailable as exc:
+                outcome = exc
+        if results and (appended or not records) and (values is not None or not keys):
             self._recovered()
+        answers: list[_Answer | BaseException] = []
+        offset = 0
+        for item in ops:
+            if isinstance(item, _Record):
+                answers.append(outcome)
+                continue
+            count = len(item.keys)
+            part = values[offset : offset + count] if values is not None else [None] * count
+            offset += count
+            answers.append([decode_output(value) for value in part])
         return answers
 
-    async def _spool(self, records: list[PredictionRecord], fields: dict[str, str]) -> None:
+    async def _spool(self, fields: dict[str, str], request_id: str) -> None:
         try:
             await run_in_threadpool(self.spool.append, fields)
         except OSError as exc:
             logger.error(
-                "ledger entry of request %s neither queued nor spooled: %r",
-                records[0].request_id,
+                "ledger entry of request %s (and any sharing it) neither queued nor spooled: %r",
+                request_id,
                 exc,
             )
             raise LedgerUnavailable(

@@ -60,7 +60,8 @@ _NON_FINITE_TOKENS = ("NaN", "Infinity")
 
 
 def encode_entry(records: list[PredictionRecord]) -> dict[str, str]:
-    """Stream fields for one XADD carrying the records of one request."""
+    """Stream fields for one XADD carrying records: the API puts all the records of the requests
+    that share a Redis round trip into one entry (each record names its request)."""
     payload = [record.model_dump(mode="json") for record in records]
     return {
         FORMAT_FIELD: ENTRY_FORMAT,

@@ -199,6 +199,10 @@ class WorkerSettings(CommonSettings):
 
     worker_batch_size: PositiveInt = 500
     worker_block_ms: PositiveInt = 1000
+    # After a read that found fewer entries than a full batch, wait this long before the next:
+    # a steady stream is then stored in a few large transactions a second instead of hundreds of
+    # small ones (each a commit and a WAL flush). It adds at most this much to the ledger's lag.
+    worker_batch_wait_ms: Annotated[int, Field(ge=0, le=5000)] = 50
     # An entry pending this long on another consumer is taken to be orphaned and claimed.
     worker_claim_idle_ms: PositiveInt = 30_000
     worker_claim_interval_seconds: Annotated[float, Field(gt=0)] = 15.0

@@ -30,6 +30,9 @@ log = logging.getLogger(__name__)
 REDIS_OUTAGE_ERRORS: tuple[type[Exception], ...] = (redis.ConnectionError, redis.TimeoutError)
 # Longest a pause runs on after stop() was called.
 _PAUSE_SLICE_SECONDS = 0.05
+# A loop iteration refreshes the heartbeat at most this often (and whenever the state changes):
+# under load an iteration takes milliseconds, and two Redis calls each time cost real CPU.
+HEARTBEAT_INTERVAL_SECONDS = 1.0
 
 RawEntry = tuple[Any, Any]
 
@@ -81,6 +84,7 @@ class LedgerConsumer:
         self._next_claim_at = 0.0
         self._last_batch_size = 0
         self._last_beat_at = -float("inf")
+        self._beaten_state = ""
         self._state = "starting"
 
     @property
@@ -144,7 +148,11 @@ class LedgerConsumer:
     def process_available(self) -> BatchOutcome:
         """One loop iteration: beat, then own pending entries, stale ones, and one new batch."""
         self._state = "stopping" if self._stop_requested else "running"
-        self.beat()
+        if (
+            self._state != self._beaten_state
+            or time.monotonic() - self._last_beat_at >= HEARTBEAT_INTERVAL_SECONDS
+        ):
+            self.beat()
         if not self._group_ready:
             self.ensure_group()
         outcome = BatchOutcome()
@@ -156,7 +164,13 @@ class LedgerConsumer:
             self.trim_acknowledged()
             self._next_claim_at = time.monotonic() + self._settings.worker_claim_interval_seconds
         if not self._stop_requested:
-            outcome += self.read_new()
+            new = self.read_new()
+            outcome += new
+            wait = self._settings.worker_batch_wait_ms / 1000
+            if wait and 0 < new.entries < self._settings.worker_batch_size:
+                # Caught up: let entries gather for a moment, so that a steady stream is stored
+                # in a few large transactions rather than hundreds of tiny ones a second.
+                self._pause(wait)
         return outcome
 
     def ensure_group(self) -> None:
@@ -274,6 +288,7 @@ class LedgerConsumer:
         )
         write_heartbeat(self._redis, self._settings, beat)
         self._last_beat_at = time.monotonic()
+        self._beaten_state = self._state
 
     def _pause(self, seconds: float) -> None:
         deadline = time.monotonic() + seconds
