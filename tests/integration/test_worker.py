@@ -599,7 +599,7 @@ def test_a_partial_batch_lets_entries_gather_before_the_next_read(
     batched = settings.model_copy(update={"worker_batch_size": 3, "worker_batch_wait_ms": 40})
     consumer = make_consumer(batched, redis_client, engine)
     pauses: list[float] = []
-    consumer._pause = pauses.append  # type: ignore[method-assign]
+    consumer._pause = pauses.append  # type: ignore[method-assign,assignment]
 
     for i in range(4):
         publish(redis_client, batched, make_record(f"gather-{i}"))
