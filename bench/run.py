@@ -360,6 +360,10 @@ def summary(results: dict[str, Any]) -> list[str]:
             f"- Berth at concurrency 1, distinct rows: p50 {c1['p50_ms']} ms, "
             f"{gap / 1000:.2f} ms above the model call ({served})"
         )
+    audit = results.get("audit")
+    if audit:
+        lines += ["", "## Ledger audit of the Berth runs (make audit)", "", "```"]
+        lines += [audit["report"].rstrip(), "```"]
     worker = results.get("worker_backlog", {}).get("drained")
     if worker:
         lines += ["", f"## Worker on a backlog: {json.dumps(worker)}"]
@@ -405,9 +409,8 @@ def main() -> int:
         log("the model call alone, inside the api container")
         results["floor"] = in_api("floor")
         berth_runs(results)
-        worker_backlog(results)
-        if BASELINES:
-            baselines(results)
+        # every request of the runs above served and stored? (before the synthetic backlog,
+        # whose rows were never served)
         audit = subprocess.run(
             [
                 *COMPOSE,
@@ -425,6 +428,9 @@ def main() -> int:
             text=True,
         )
         results["audit"] = {"exit_code": audit.returncode, "report": audit.stdout}
+        worker_backlog(results)
+        if BASELINES:
+            baselines(results)
         results["image_sizes_mb"] = image_sizes()
     finally:
         if not KEEP:
