@@ -6,6 +6,7 @@ sent down both paths and the answers compared.
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import pytest
@@ -96,3 +97,25 @@ def test_the_shortcut_checks_api_keys(settings: ApiSettings, redis_client: redis
             headers={**SHORTCUT, "Authorization": "Bearer secret-key-one"},
         )
         assert allowed.status_code == 200
+
+
+@pytest.mark.parametrize(("mode", "logged"), [("all", [200, 422]), ("errors", [422]), ("off", [])])
+def test_access_log_modes(
+    settings: ApiSettings,
+    redis_client: redis.Redis,
+    mode: str,
+    logged: list[int],
+) -> None:
+    app = create_app(settings.model_copy(update={"access_log": mode}))
+    lines: list[str] = []
+    handler = logging.Handler(logging.INFO)
+    handler.emit = lambda record: lines.append(record.getMessage())  # type: ignore[method-assign]
+    access = logging.getLogger("berth.access")
+    access.addHandler(handler)
+    try:
+        with TestClient(app) as client:
+            assert client.post("/predict", json={"features": ROW}).status_code == 200
+            assert client.post("/predict", json={"features": [1]}).status_code == 422
+    finally:
+        access.removeHandler(handler)
+    assert [int(line.split()[2]) for line in lines] == logged

@@ -63,3 +63,27 @@ def test_version_pins() -> None:
     assert settings.version_pins == {"churn": "2", "fraud": "7", "iris": "3"}
     with pytest.raises(ValidationError, match="MODEL_VERSIONS entries are name=version"):
         ApiSettings(**GOOD, model_versions="churn")  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("raw", "mode"),
+    [
+        ("true", "all"),
+        ("1", "all"),
+        ("all", "all"),
+        ("errors", "errors"),
+        ("ERRORS", "errors"),
+        ("false", "off"),
+        ("0", "off"),
+        ("off", "off"),
+    ],
+)
+def test_access_log_modes(monkeypatch: pytest.MonkeyPatch, raw: str, mode: str) -> None:
+    monkeypatch.setenv("ACCESS_LOG", raw)
+    assert ApiSettings(**GOOD).access_log == mode  # type: ignore[arg-type]
+
+
+def test_unknown_access_log_mode_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("ACCESS_LOG", "some")
+    with pytest.raises(ValidationError, match="access_log"):
+        ApiSettings(**GOOD)  # type: ignore[arg-type]

@@ -160,8 +160,7 @@ class CompiledPredictor:
         return cls(bundle.compiled, spec.input_type, bundle.model, threads=threads)
 
     def __init__(self, graph: bytes, input_type: str, model: Any, *, threads: int) -> None:
-        import onnxruntime as ort
-
+        ort = _onnxruntime()
         options = ort.SessionOptions()
         # One thread per process by default: several API processes each starting a thread per
         # core would fight over the cores (the OpenMP trap).
@@ -226,7 +225,15 @@ def _convert(model: Any, final: Any, n_features: int, dtype: str, is_classifier:
 
 
 def _converter_version() -> str:
-    import onnxruntime
     import skl2onnx
 
-    return f"skl2onnx {skl2onnx.__version__}, onnxruntime {onnxruntime.__version__}"
+    return f"skl2onnx {skl2onnx.__version__}, onnxruntime {_onnxruntime().__version__}"
+
+
+def _onnxruntime() -> Any:
+    """onnxruntime, with its usage telemetry (1DS, in its Linux builds too) switched off: a model
+    server has no business reporting to anyone. The image also sets ORT_DISABLE_TELEMETRY."""
+    import onnxruntime
+
+    onnxruntime.disable_telemetry_events()
+    return onnxruntime

@@ -15,6 +15,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from berth_api.errors import problem_response
 from berth_common.logconfig import request_id_var
+from berth_common.settings import AccessLog
 
 HEADER = b"x-request-id"
 # The id is stored, logged and put in URLs: letters, digits and a few separators only.
@@ -24,7 +25,7 @@ access_logger = logging.getLogger("berth.access")
 
 
 class RequestIdMiddleware:
-    def __init__(self, app: ASGIApp, *, access_log: bool = True) -> None:
+    def __init__(self, app: ASGIApp, *, access_log: AccessLog = "all") -> None:
         self.app = app
         self.access_log = access_log
 
@@ -65,7 +66,7 @@ class RequestIdMiddleware:
             else:
                 await self.app(scope, receive, send_with_id)
         finally:
-            if self.access_log:
+            if self.access_log == "all" or (self.access_log == "errors" and status >= 400):
                 access_logger.info(
                     "%s %s %d %.1fms",
                     scope["method"],
