@@ -90,6 +90,17 @@ def test_predict_tutorial_body(api: httpx.Client) -> None:
     assert isinstance(row["cached"], bool)
 
 
+def test_the_demo_bundle_carries_its_verified_onnx_form(api: httpx.Client) -> None:
+    """seed-model trains iris/1 with its compiled form, which the api then serves."""
+    response = api.get("/v1/models/iris")
+    assert response.status_code == 200
+    compiled = response.json()["compiled"]
+    assert compiled["format"] == "onnx"
+    assert compiled["input_type"] == "float32"
+    assert compiled["max_abs_diff"] <= compiled["tolerance"] == 1e-5
+    assert compiled["verified_rows"] > 150
+
+
 def test_prediction_is_stored_and_readable(api: httpx.Client, stack_db: Engine) -> None:
     request_id = new_request_id()
     predict(api, TUTORIAL_BODY, request_id)
