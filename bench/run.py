@@ -5,9 +5,10 @@ Brings up its own compose project (`berth-bench`, own volumes and port, torn dow
 times `make up` cold and warm, and drives every server with wrk from a separate process: one
 request after another on 1, 8 and 64 connections, each run BENCH_SECONDS long, with
 
-  distinct   a new row every request (every one a cache miss: the model runs)
-  repeated   the same row every request (cache hits)
-  batch      100 new rows per request
+  distinct     a new row every request (every one a cache miss: the model runs)
+  repeated     the same row every request (cache hits)
+  batch        100 new rows per request
+  v2-distinct  distinct rows in the Open Inference Protocol V2 body that MLServer gets
 
 Berth runs all three; the baselines (the Flask tutorial app under gunicorn -w 2, Seldon
 MLServer with its scikit-learn runtime, with and without adaptive batching) run `distinct`,
@@ -48,7 +49,14 @@ BASELINES = os.environ.get("BENCH_BASELINES", "1") != "0"
 KEEP = os.environ.get("BENCH_KEEP", "0") == "1"
 COMPOSE = ["docker", "compose", "-p", PROJECT, "--env-file", str(ENV_FILE)]
 CONCURRENCY = (1, 8, 64)
-MODES = ("distinct", "repeated", "batch")
+# (name, path, wrk body format, wrk mode): Berth's REST routes, then the same distinct rows in
+# the Open Inference Protocol V2 body MLServer is driven with (Berth's /v2 route, through FastAPI)
+BERTH_LOADS = (
+    ("distinct", "/predict", "berth", "distinct"),
+    ("repeated", "/predict", "berth", "repeated"),
+    ("batch", "/predict", "berth", "batch"),
+    ("v2-distinct", "/v2/models/iris/infer", "v2", "distinct"),
+)
 
 
 def log(message: str) -> None:
@@ -92,9 +100,9 @@ def container_ip(container: str) -> str:
     return out.split()[0]
 
 
-def api_url() -> str:
+def api_url(path: str = "/predict") -> str:
     container = run([*COMPOSE, "ps", "-q", "api"]).strip()
-    return f"http://{container_ip(container)}:8000/predict"
+    return f"http://{container_ip(container)}:8000{path}"
 
 
 def wait_http(url: str, body: bytes, timeout: float = 180) -> None:
@@ -176,21 +184,21 @@ def machine() -> dict[str, Any]:
 
 
 def berth_runs(results: dict[str, Any]) -> None:
-    url = api_url()
     log("warm-up: 3 s of distinct rows at concurrency 8")
-    wrk(url, 8, "berth", "distinct", seconds=3)
+    wrk(api_url(), 8, "berth", "distinct", seconds=3)
     results["berth"] = {}
-    for mode in MODES:
-        results["berth"][mode] = []
+    for name, path, fmt, mode in BERTH_LOADS:
+        url = api_url(path)
+        results["berth"][name] = []
         for concurrency in CONCURRENCY:
             since = datetime.now(UTC).isoformat()
-            point = wrk(url, concurrency, "berth", mode)
+            point = wrk(url, concurrency, fmt, mode)
             until = datetime.now(UTC).isoformat()
             point["backlog_at_end"] = in_api("backlog")
             point["ledger"] = in_api("lag", since, until)
-            results["berth"][mode].append(point)
+            results["berth"][name].append(point)
             log(
-                f"berth {mode:>8} c={concurrency:<2} {point['rps']:>8.0f} req/s  "
+                f"berth {name:>11} c={concurrency:<2} {point['rps']:>8.0f} req/s  "
                 f"p50 {point['p50_ms']:.2f} ms  p99 {point['p99_ms']:.2f} ms  "
                 f"errors {point['errors']}  stored {point['ledger']['rows']} rows, "
                 f"lag p99 {point['ledger']['lag_p99_ms']} ms"
@@ -336,6 +344,15 @@ def summary(results: dict[str, Any]) -> list[str]:
             lines.append(
                 f"- Berth / {name}: {ratio:.1f}x requests/s "
                 f"(p99 {berth64['p99_ms']:.1f} ms vs {base['p99_ms']:.1f} ms)"
+            )
+        v2 = results["berth"].get("v2-distinct")
+        batched = results["baselines"].get("mlserver-adaptive-batching")
+        if v2 and batched and point_at(batched, 64)["rps"]:
+            v2_64, base = point_at(v2, 64), point_at(batched, 64)
+            lines.append(
+                f"- Berth's V2 route / mlserver-adaptive-batching, the same V2 body: "
+                f"{v2_64['rps'] / base['rps']:.1f}x requests/s "
+                f"(p99 {v2_64['p99_ms']:.1f} ms vs {base['p99_ms']:.1f} ms)"
             )
         results["ratios_c64_distinct"] = {
             name: round(berth64["rps"] / point_at(points, 64)["rps"], 2)
