@@ -20,10 +20,17 @@ from berth_common.settings import ApiSettings
 ROUTE = {"Content-Type": "application/merge-patch+json"}
 SHORTCUT = {"Content-Type": "application/json"}
 ROW = [5.1, 3.5, 1.4, 0.2]
+V2_BODY: dict[str, Any] = {
+    "inputs": [{"name": "predict", "shape": [1, 4], "datatype": "FP64", "data": ROW}]
+}
 
 
-def without_request_id(document: dict[str, Any]) -> dict[str, Any]:
-    return {k: v for k, v in document.items() if k != "request_id"}
+def without_ids(document: dict[str, Any]) -> dict[str, Any]:
+    """The answer without what differs per request: its id (and V2's copy in parameters)."""
+    kept = {k: v for k, v in document.items() if k not in ("request_id", "id")}
+    if isinstance(kept.get("parameters"), dict):
+        kept["parameters"] = {k: v for k, v in kept["parameters"].items() if k != "request_id"}
+    return kept
 
 
 @pytest.mark.parametrize(
@@ -52,6 +59,13 @@ def without_request_id(document: dict[str, Any]) -> dict[str, Any]:
         ("/predict", {"instances": []}),
         ("/v1/models/nope/predict", {"instances": [ROW]}),
         ("/v1/models/iris/versions/9/predict", {"instances": [ROW]}),
+        # Open Inference Protocol V2, JSON tensors
+        ("/v2/models/iris/infer", V2_BODY),
+        ("/v2/models/iris/versions/1/infer", {**V2_BODY, "id": "client-7"}),
+        ("/v2/models/iris/infer", {**V2_BODY, "outputs": [{"name": "label"}]}),
+        ("/v2/models/iris/infer", {"inputs": [{**V2_BODY["inputs"][0], "shape": [1, 3]}]}),
+        ("/v2/models/iris/infer", {"inputs": []}),
+        ("/v2/models/nope/infer", V2_BODY),
     ],
 )
 def test_both_paths_give_the_same_answer(client: TestClient, path: str, body: Any) -> None:
@@ -60,8 +74,13 @@ def test_both_paths_give_the_same_answer(client: TestClient, path: str, body: An
     via_shortcut = client.post(path, json=body, headers=SHORTCUT)
     assert via_shortcut.status_code == via_route.status_code
     assert via_shortcut.headers["content-type"] == via_route.headers["content-type"]
-    assert without_request_id(via_shortcut.json()) == without_request_id(via_route.json())
-    assert via_shortcut.json()["request_id"] == via_shortcut.headers["x-request-id"]
+    assert without_ids(via_shortcut.json()) == without_ids(via_route.json())
+    document = via_shortcut.json()
+    parameters = document.get("parameters") or {}
+    ids = (document.get("request_id"), document.get("id"), parameters.get("request_id"))
+    assert via_shortcut.headers["x-request-id"] in ids
+    if "id" in body:  # a V2 client's own id is echoed by both
+        assert document["id"] == via_route.json()["id"] == body["id"]
 
 
 @pytest.mark.parametrize(

@@ -3,9 +3,11 @@
 FastAPI's per-request machinery (dependency solving, body model validation, response model
 serialisation, its router) cost twice as much CPU as everything Berth itself does for a
 one-row prediction. This middleware answers the common case of the three REST prediction routes
-directly: a JSON body that is exactly `{"features": row}` or `{"instances": [rows]}`. It goes
-through the same `PredictionService`, the same API-key check and the same error documents, and
-answers with the same `PredictResponse` model, so a client cannot tell which path served it.
+directly: a JSON body that is exactly `{"features": row}` or `{"instances": [rows]}`; and Open
+Inference Protocol V2 infer requests with JSON tensors, through the protocol module the V2 route
+uses. It goes through the same `PredictionService`, the same API-key check and the same error
+documents, and answers with the same response models, so a client cannot tell which path served
+it.
 
 Anything else (another content type, JSON it cannot read, extra keys, a wrong shape) is handed,
 body and all, to the FastAPI route, which gives the canonical answer or error. The routes stay
@@ -18,16 +20,20 @@ import re
 from typing import Any
 
 import orjson
+from pydantic import BaseModel
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from berth_api.auth import check_api_key
 from berth_api.deps import ApiState
 from berth_api.errors import BerthError, problem_response
 from berth_api.limits import replaying
+from berth_api.protocols import v2
 from berth_api.registry import ServedModel
 from berth_common.logconfig import request_id_var
 
 _MODEL_ROUTE = re.compile(r"^/v1/models/([^/]+)/(?:versions/([^/]+)/)?predict$")
+_V2_ROUTE = re.compile(r"^/v2/models/([^/]+)/(?:versions/([^/]+)/)?infer$")
+_V2_BINARY_HEADER = v2.BINARY_HEADER.encode()
 _JSON_HEADERS = [(b"content-type", b"application/json")]
 
 
@@ -40,6 +46,10 @@ class PredictFastPath:
             await self.app(scope, receive, send)
             return
         path: str = scope["path"]
+        v2_match = _V2_ROUTE.match(path)
+        if v2_match is not None:
+            await self._v2(scope, receive, send, v2_match.group(1), v2_match.group(2))
+            return
         if path == "/predict":
             name: str | None = None
             version: str | None = None
@@ -72,13 +82,52 @@ class PredictFastPath:
             assert request_id is not None, "RequestIdMiddleware sets it for every request"
             answer = await state.service.predict(served, instances, request_id)
         except BerthError as exc:
-            response = problem_response(
-                exc.status, exc.code, exc.title, exc.detail, exc.errors, exc.headers, path
-            )
-            await response(scope, receive, send)
+            await _problem(exc, path, scope, receive, send)
             return
-        await send({"type": "http.response.start", "status": 200, "headers": _JSON_HEADERS})
-        await send({"type": "http.response.body", "body": answer.model_dump_json().encode()})
+        await _answer(answer, send)
+
+    async def _v2(
+        self, scope: Scope, receive: Receive, send: Send, name: str, version: str | None
+    ) -> None:
+        """V2 infer with a JSON body, as `routes.v2` does it (binary tensors go to the route)."""
+        headers = dict(scope["headers"])
+        if _V2_BINARY_HEADER in headers or not headers.get(b"content-type", b"").startswith(
+            b"application/json"
+        ):
+            await self.app(scope, receive, send)
+            return
+        body, complete = await _read_body(receive)
+        if not complete:
+            return
+        state: ApiState = scope["state"]["berth"]
+        try:
+            check_api_key(
+                state.settings.api_key_list, headers.get(b"authorization", b"").decode("latin-1")
+            )
+            served = state.registry.get(name, version)
+            request = v2.parse_request(body, None)
+            metadata = served.bundle.metadata
+            instances = v2.instances_from_request(metadata, request)
+            request_id = request_id_var.get()
+            assert request_id is not None, "RequestIdMiddleware sets it for every request"
+            prediction = await state.service.predict(served, instances, request_id)
+            answer = v2.response_from_prediction(prediction, metadata, request)
+        except BerthError as exc:
+            await _problem(exc, scope["path"], scope, receive, send)
+            return
+        await _answer(answer, send)
+
+
+async def _answer(answer: BaseModel, send: Send) -> None:
+    await send({"type": "http.response.start", "status": 200, "headers": _JSON_HEADERS})
+    await send({"type": "http.response.body", "body": answer.model_dump_json().encode()})
+
+
+async def _problem(exc: BerthError, path: str, scope: Scope, receive: Receive, send: Send) -> None:
+    response = problem_response(
+        exc.status, exc.code, exc.title, exc.detail, exc.errors, exc.headers, path
+    )
+    await response(scope, receive, send)
 
 
 def _instances(body: bytes, *, default_route: bool) -> list[Any] | None:
