@@ -29,6 +29,7 @@ from berth_api.errors import BerthError, problem_response
 from berth_api.limits import replaying
 from berth_api.protocols import v2
 from berth_api.registry import ServedModel
+from berth_api.routes.v2 import infer_raw
 from berth_common.logconfig import request_id_var
 
 _MODEL_ROUTE = re.compile(r"^/v1/models/([^/]+)/(?:versions/([^/]+)/)?predict$")
@@ -72,14 +73,10 @@ class PredictFastPath:
             return
         state: ApiState = scope["state"]["berth"]
         try:
-            check_api_key(
-                state.settings.api_key_list, headers.get(b"authorization", b"").decode("latin-1")
-            )
+            request_id = _authorized_request(state, headers)
             served: ServedModel = (
                 state.registry.default() if name is None else state.registry.get(name, version)
             )
-            request_id = request_id_var.get()
-            assert request_id is not None, "RequestIdMiddleware sets it for every request"
             answer = await state.service.predict(served, instances, request_id)
         except BerthError as exc:
             await _problem(exc, path, scope, receive, send)
@@ -101,21 +98,21 @@ class PredictFastPath:
             return
         state: ApiState = scope["state"]["berth"]
         try:
-            check_api_key(
-                state.settings.api_key_list, headers.get(b"authorization", b"").decode("latin-1")
-            )
+            request_id = _authorized_request(state, headers)
             served = state.registry.get(name, version)
-            request = v2.parse_request(body, None)
-            metadata = served.bundle.metadata
-            instances = v2.instances_from_request(metadata, request)
-            request_id = request_id_var.get()
-            assert request_id is not None, "RequestIdMiddleware sets it for every request"
-            prediction = await state.service.predict(served, instances, request_id)
-            answer = v2.response_from_prediction(prediction, metadata, request)
+            answer = await infer_raw(state.service, served, body, None, request_id)
         except BerthError as exc:
             await _problem(exc, scope["path"], scope, receive, send)
             return
         await _answer(answer, send)
+
+
+def _authorized_request(state: ApiState, headers: dict[bytes, bytes]) -> str:
+    """Checks the API key as the routes' dependency does; the request's id."""
+    check_api_key(state.settings.api_key_list, headers.get(b"authorization", b"").decode("latin-1"))
+    request_id = request_id_var.get()
+    assert request_id is not None, "RequestIdMiddleware sets it for every request"
+    return request_id
 
 
 async def _answer(answer: BaseModel, send: Send) -> None:

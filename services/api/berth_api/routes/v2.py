@@ -10,6 +10,7 @@ from berth_api.auth import require_api_key
 from berth_api.deps import RequestId, State
 from berth_api.protocols import v2
 from berth_api.registry import ServedModel
+from berth_api.service import PredictionService
 
 router = APIRouter(prefix="/v2", tags=["open inference protocol (v2)"])
 models_router = APIRouter(
@@ -69,15 +70,32 @@ async def model_version_ready(name: str, version: str, state: State) -> dict[str
     return {"name": served.bundle.name, "version": served.bundle.version, "ready": True}
 
 
+async def infer_raw(
+    service: PredictionService,
+    served: ServedModel,
+    body: bytes,
+    json_length: str | None,
+    request_id: str,
+) -> v2.InferenceResponse:
+    """A whole V2 inference from the raw body: the routes below and `fastpath` both use it."""
+    request = v2.parse_request(body, json_length)
+    metadata = served.bundle.metadata
+    instances = v2.instances_from_request(metadata, request)
+    prediction = await service.predict(served, instances, request_id)
+    return v2.response_from_prediction(prediction, metadata, request)
+
+
 async def _infer(
     served: ServedModel, request: Request, state: State, request_id: str
 ) -> v2.InferenceResponse:
     # The body is parsed here, not by FastAPI: Triton clients send binary tensors after the JSON.
-    body = v2.parse_request(await request.body(), request.headers.get(v2.BINARY_HEADER))
-    metadata = served.bundle.metadata
-    instances = v2.instances_from_request(metadata, body)
-    prediction = await state.service.predict(served, instances, request_id)
-    return v2.response_from_prediction(prediction, metadata, body)
+    return await infer_raw(
+        state.service,
+        served,
+        await request.body(),
+        request.headers.get(v2.BINARY_HEADER),
+        request_id,
+    )
 
 
 INFER_BODY = {
