@@ -76,7 +76,7 @@ build: .env ## build the images
 
 train: .env ## retrain the demo model iris/1 into the models volume; restart a running api
 	$(COMPOSE) build api
-	$(COMPOSE) run --rm seed-model python -m berth_api.train --models-dir /models --force
+	$(COMPOSE) run --rm seed-model python -m berth_api.bundles.train --models-dir /models --force
 	@if [ -n "$$($(COMPOSE) ps --status running --quiet api)" ]; then \
 	  $(COMPOSE) restart api && $(COMPOSE) up --detach --no-deps --wait api; \
 	fi
@@ -92,13 +92,13 @@ package: .env ## package a fitted model: MODEL=model.joblib NAME=churn VERSION=3
 	$(COMPOSE) run --rm --no-deps \
 	  -v "$(abspath $(MODEL)):/input/model.joblib:ro" \
 	  $(if $(SAMPLE),-v "$(abspath $(SAMPLE)):/input/sample.csv:ro") \
-	  seed-model python -m berth_api.package /input/model.joblib \
+	  seed-model python -m berth_api.bundles.package /input/model.joblib \
 	  --name "$(NAME)" --version "$(VERSION)" --models-dir /models \
 	  $(if $(SAMPLE),--sample /input/sample.csv)
 
 # SINCE/UNTIL are ISO times (UTC unless they say otherwise); the default is the last 24 hours.
 audit: .env ## do the ledger's books balance? served vs stored, pending, spooled, dead-lettered
-	$(COMPOSE) exec -T api python -m berth_api.audit \
+	$(COMPOSE) exec -T api python -m berth_api.ledger.audit \
 	  $(if $(SINCE),--since "$(SINCE)") $(if $(UNTIL),--until "$(UNTIL)")
 
 migrate: .env ## apply the database migrations (alembic upgrade head)

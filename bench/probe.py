@@ -19,10 +19,10 @@ from typing import Any
 import redis
 from sqlalchemy import create_engine, text
 
-from berth_api.compiled import CompiledPredictor
-from berth_api.predictor import Predictor, Predicts
-from berth_api.registry import ModelRegistry
-from berth_api.spool import LedgerSpool
+from berth_api.ledger.spool import LedgerSpool
+from berth_api.serving.compiled import CompiledPredictor
+from berth_api.serving.predictor import Predictor, Predicts
+from berth_api.serving.registry import ModelRegistry
 from berth_common.settings import ApiSettings
 
 ROW = [5.1, 3.5, 1.4, 0.2]

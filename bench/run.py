@@ -436,7 +436,7 @@ def main() -> int:
                 "api",
                 "python",
                 "-m",
-                "berth_api.audit",
+                "berth_api.ledger.audit",
                 "--since",
                 started.isoformat(),
             ],

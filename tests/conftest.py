@@ -94,7 +94,7 @@ def api_settings(key_prefix: str, models_dir: Path) -> ApiSettings:
 @pytest.fixture(scope="session")
 def iris_bundle_source(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The demo bundle, trained once per session; tests copy it instead of retraining."""
-    from berth_api.train import train_demo
+    from berth_api.bundles.train import train_demo
 
     models = tmp_path_factory.mktemp("iris-models")
     train_demo(models)

@@ -18,7 +18,7 @@ from sklearn.compose import ColumnTransformer
 from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import OneHotEncoder, StandardScaler
-from berth_api.package import main
+from berth_api.bundles.package import main
 rng = np.random.default_rng(3)
 frame = pd.DataFrame({"tenure": rng.integers(1, 60, 300).astype(float),
                       "plan": rng.choice(["basic", "pro"], 300)})

@@ -10,7 +10,7 @@ from fastapi.testclient import TestClient
 from sqlalchemy import Engine
 
 from berth_api.app import create_app
-from berth_api.audit import Books, audit, main
+from berth_api.ledger.audit import Books, audit, main
 from berth_common.settings import ApiSettings, WorkerSettings
 from berth_worker.consumer import LedgerConsumer
 from berth_worker.writer import LedgerWriter

@@ -11,9 +11,9 @@ from pathlib import Path
 import redis
 from redis.asyncio import Redis as AsyncRedis
 
-from berth_api.predictor import ModelOutput
-from berth_api.publisher import RedisGateway, served_counter
-from berth_api.spool import LedgerSpool
+from berth_api.ledger.gateway import RedisGateway
+from berth_api.ledger.spool import LedgerSpool
+from berth_api.serving.predictor import ModelOutput
 from berth_common.ledger import PredictionRecord, decode_entry
 from berth_common.settings import CommonSettings
 
@@ -48,8 +48,7 @@ def test_mixed_reads_and_writes_in_one_round_trip_are_answered_in_order(
         client = AsyncRedis(**common_settings.redis_kwargs())
         gateway = RedisGateway(
             client,
-            stream=stream,
-            key_prefix=prefix,
+            keys=common_settings.keys,
             cache_ttl_seconds=60,
             spool=LedgerSpool(tmp_path),
         )
@@ -84,5 +83,5 @@ def test_mixed_reads_and_writes_in_one_round_trip_are_answered_in_order(
     assert [[(r.request_id, r.row_index) for r in decode_entry(f)] for _, f in entries] == [
         [("w-1", 0), ("w-1", 1), ("w-2", 0), ("w-3", 0), ("w-3", 1), ("w-3", 2)]
     ]
-    day, _ = served_counter(prefix, datetime.now(UTC))
+    day, _ = common_settings.keys.served(datetime.now(UTC))
     assert sum(int(v) for v in redis_client.hgetall(day).values()) == 6

@@ -9,7 +9,7 @@ import redis
 from fastapi.testclient import TestClient
 
 from berth_api.app import create_app
-from berth_api.package import package
+from berth_api.bundles.package import package
 from berth_common.ledger import decode_entry
 from berth_common.settings import ApiSettings
 from tests.models import churn_pipeline, no_proba_classifier, save, spend_regressor, write_sample

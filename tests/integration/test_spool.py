@@ -11,8 +11,7 @@ from fastapi.testclient import TestClient
 from sqlalchemy import Engine, text
 
 from berth_api.app import create_app
-from berth_api.publisher import served_counter
-from berth_api.spool import LedgerSpool
+from berth_api.ledger.spool import LedgerSpool
 from berth_common.ledger import decode_entry
 from berth_common.settings import ApiSettings, WorkerSettings
 from berth_worker.consumer import LedgerConsumer
@@ -58,7 +57,7 @@ def test_spooled_while_redis_is_down_then_replayed_in_order_and_stored_once(
     assert ids == [f"spool-{i}" for i in range(5)]
     assert LedgerSpool(settings.spool_dir).count_entries() == 0
     [record] = decode_entry(entries[0][1])
-    key, field = served_counter(settings.redis_key_prefix, record.served_at)
+    key, field = settings.keys.served(record.served_at)
     assert int(redis_client.hget(key, field)) == 5
 
     # replaying twice (a crash between XADD and deleting the segment) stores nothing twice

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from sklearn.linear_model import LinearRegression
 
-from berth_api.bundles import (
+from berth_api.bundles.bundle import (
     BundleError,
     FeatureSpec,
     bundle_dirs,
@@ -15,7 +15,7 @@ from berth_api.bundles import (
     load_bundle,
     write_bundle,
 )
-from berth_api.predictor import Predictor
+from berth_api.serving.predictor import Predictor
 
 
 def test_demo_bundle_metadata(iris_models_dir: Path) -> None:
@@ -36,7 +36,7 @@ def test_demo_bundle_metadata(iris_models_dir: Path) -> None:
 
 
 def test_demo_is_deterministic(iris_models_dir: Path, tmp_path: Path) -> None:
-    from berth_api.train import train_demo
+    from berth_api.bundles.train import train_demo
 
     again = train_demo(tmp_path)
     original = json.loads((iris_models_dir / "iris/1/metadata.json").read_text())

@@ -1,20 +1,23 @@
 from __future__ import annotations
 
-from berth_api.cache import cache_key, decode_output, encode_output
-from berth_api.predictor import ModelOutput
+from berth_api.serving.cache import cache_key, decode_output, encode_output
+from berth_api.serving.predictor import ModelOutput
+from berth_common.keys import RedisKeys
 
 
 def test_key_is_namespaced_by_model_and_version() -> None:
-    key = cache_key("berth", "iris", "1", [5.1, 3.5])
+    key = cache_key(RedisKeys("berth"), "iris", "1", [5.1, 3.5])
     prefix, kind, name, version, digest = key.split(":")
     assert (prefix, kind, name, version) == ("berth", "cache", "iris", "1")
     assert len(digest) == 32
-    assert cache_key("berth", "iris", "2", [5.1, 3.5]) != key
-    assert cache_key("berth", "iris", "1", [5.1, 3.6]) != key
+    assert cache_key(RedisKeys("berth"), "iris", "2", [5.1, 3.5]) != key
+    assert cache_key(RedisKeys("berth"), "iris", "1", [5.1, 3.6]) != key
 
 
 def test_same_row_same_key() -> None:
-    assert cache_key("p", "m", "1", [1.0, "a"]) == cache_key("p", "m", "1", [1.0, "a"])
+    assert cache_key(RedisKeys("p"), "m", "1", [1.0, "a"]) == cache_key(
+        RedisKeys("p"), "m", "1", [1.0, "a"]
+    )
 
 
 def test_output_roundtrip() -> None:

@@ -14,18 +14,18 @@ from sklearn.linear_model import LogisticRegression, Ridge
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
-from berth_api.batching import ModelBatcher
-from berth_api.bundles import FeatureSpec, load_bundle, write_bundle
-from berth_api.compiled import (
+from berth_api.bundles.bundle import FeatureSpec, load_bundle, write_bundle
+from berth_api.errors import UnpredictableInput
+from berth_api.serving.batching import ModelBatcher
+from berth_api.serving.compiled import (
     TOLERANCE,
     CompiledPredictor,
     NotCompiled,
     compare,
     compile_model,
 )
-from berth_api.errors import UnpredictableInput
-from berth_api.predictor import ModelOutput, Predictor
-from berth_api.registry import choose_predictor
+from berth_api.serving.predictor import ModelOutput, Predictor
+from berth_api.serving.registry import choose_predictor
 from berth_common.settings import ApiSettings
 
 IRIS = load_iris()

@@ -6,9 +6,9 @@ from typing import Any
 
 import pytest
 
-from berth_api.bundles import BundleMetadata, FeatureSpec
+from berth_api.bundles.bundle import BundleMetadata, FeatureSpec
 from berth_api.errors import InvalidInput
-from berth_api.features import rows_from_instances
+from berth_api.serving.features import rows_from_instances
 
 
 def metadata(*features: tuple[str, str]) -> BundleMetadata:

@@ -7,9 +7,9 @@ import joblib
 import pytest
 import sklearn.base
 
-from berth_api.bundles import load_bundle
-from berth_api.package import PackagingError, main, package
-from berth_api.predictor import Predictor
+from berth_api.bundles.bundle import load_bundle
+from berth_api.bundles.package import PackagingError, main, package
+from berth_api.serving.predictor import Predictor
 from tests.models import (
     churn_pipeline,
     no_proba_classifier,

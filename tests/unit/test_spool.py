@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from berth_api.spool import LedgerSpool
+from berth_api.ledger.spool import LedgerSpool
 
 
 def test_entries_survive_and_replay_in_order(tmp_path: Path) -> None:

@@ -18,18 +18,18 @@ from starlette.concurrency import run_in_threadpool
 
 from berth_api import __doc__ as package_doc
 from berth_api import __version__
-from berth_api.auth import require_api_key
-from berth_api.deps import ApiState
 from berth_api.errors import install_error_handlers
-from berth_api.fastpath import PredictFastPath
-from berth_api.limits import BodySizeLimitMiddleware
-from berth_api.middleware import RequestIdMiddleware
-from berth_api.openapi import build_openapi
-from berth_api.publisher import RedisGateway
-from berth_api.registry import ModelRegistry
-from berth_api.routes import health, mlflow, models, predict, predictions, v2
-from berth_api.service import PredictionService
-from berth_api.spool import LedgerSpool
+from berth_api.http.auth import require_api_key
+from berth_api.http.deps import ApiState
+from berth_api.http.fastpath import PredictFastPath
+from berth_api.http.limits import BodySizeLimitMiddleware
+from berth_api.http.middleware import RequestIdMiddleware
+from berth_api.http.openapi import build_openapi
+from berth_api.http.routes import health, mlflow, models, predict, predictions, v2
+from berth_api.ledger.gateway import RedisGateway
+from berth_api.ledger.spool import LedgerSpool
+from berth_api.serving.registry import ModelRegistry
+from berth_api.serving.service import PredictionService
 from berth_common.logconfig import configure_logging
 from berth_common.settings import ApiSettings, load_or_exit
 
@@ -68,14 +68,13 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
         spool = LedgerSpool(settings.spool_dir)
         gateway = RedisGateway(
             redis,
-            stream=settings.ledger_stream,
-            key_prefix=settings.redis_key_prefix,
+            keys=settings.keys,
             cache_ttl_seconds=settings.cache_ttl_seconds,
             spool=spool,
         )
         replay = asyncio.create_task(gateway.replay_forever(settings.spool_replay_interval_seconds))
         service = PredictionService(
-            gateway, settings.redis_key_prefix, settings.max_batch_rows, settings.max_string_length
+            gateway, settings.keys, settings.max_batch_rows, settings.max_string_length
         )
         # Everything loaded so far (libraries, models) lives as long as the process: moved out of
         # the collector's sight, a full collection no longer walks it, which under load had

@@ -7,7 +7,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from berth_api.bundles import Label
+from berth_api.bundles.bundle import Label
 
 Instance = list[Any] | dict[str, Any]
 IRIS_EXAMPLE: Any = [5.1, 3.5, 1.4, 0.2]

@@ -17,6 +17,8 @@ from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 from sqlalchemy.engine import URL
 
+from berth_common.keys import RedisKeys
+
 # Values that people leave in a copied .env; a service must refuse them rather than run with a
 # secret everybody knows.
 PLACEHOLDER_SECRETS = frozenset(
@@ -118,12 +120,16 @@ class CommonSettings(BaseSettings):
         )
 
     @property
+    def keys(self) -> RedisKeys:
+        return RedisKeys(self.redis_key_prefix)
+
+    @property
     def ledger_stream(self) -> str:
-        return f"{self.redis_key_prefix}:ledger"
+        return self.keys.ledger_stream
 
     @property
     def ledger_group(self) -> str:
-        return "writers"
+        return self.keys.ledger_group
 
 
 AccessLog = Literal["all", "errors", "off"]
@@ -230,7 +236,7 @@ class WorkerSettings(CommonSettings):
     worker_retry_max_seconds: Annotated[float, Field(gt=0)] = 30.0
 
     def heartbeat_key(self, consumer: str | None = None) -> str:
-        return f"{self.redis_key_prefix}:worker:{consumer or self.worker_consumer_name}:heartbeat"
+        return self.keys.heartbeat(consumer or self.worker_consumer_name)
 
 
 SettingsT = TypeVar("SettingsT", bound=CommonSettings)

@@ -12,7 +12,7 @@ import io
 import json
 from typing import Any
 
-from berth_api.bundles import BundleMetadata
+from berth_api.bundles.bundle import BundleMetadata
 from berth_api.errors import BerthError, FieldError, InvalidInput, MalformedRequest
 from berth_api.schemas import PredictResponse
 

@@ -15,7 +15,7 @@ from typing import Any, Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from berth_api.bundles import BundleMetadata, FeatureType, Label
+from berth_api.bundles.bundle import BundleMetadata, FeatureType, Label
 from berth_api.errors import FieldError, InvalidInput, MalformedRequest, invalid_body
 from berth_api.schemas import PredictResponse
 

@@ -13,9 +13,9 @@ from typing import Any
 from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 
-from berth_api.bundles import BundleMetadata
+from berth_api.bundles.bundle import BundleMetadata
 from berth_api.protocols.v2 import InferenceRequest
-from berth_api.registry import ModelRegistry
+from berth_api.serving.registry import ModelRegistry
 
 _JSON_TYPES = {"number": "number", "integer": "integer", "string": "string", "boolean": "boolean"}
 _ZERO: dict[str, Any] = {"number": 0.0, "integer": 0, "string": "", "boolean": False}

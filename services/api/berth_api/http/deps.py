@@ -9,9 +9,9 @@ from fastapi import Depends, Request
 from redis.asyncio import Redis
 from sqlalchemy import Engine
 
-from berth_api.publisher import RedisGateway
-from berth_api.registry import ModelRegistry
-from berth_api.service import PredictionService
+from berth_api.ledger.gateway import RedisGateway
+from berth_api.serving.registry import ModelRegistry
+from berth_api.serving.service import PredictionService
 from berth_common.logconfig import request_id_var
 from berth_common.settings import ApiSettings
 

@@ -11,14 +11,15 @@ import hashlib
 import json
 from typing import Any
 
-from berth_api.features import Value
-from berth_api.predictor import ModelOutput
+from berth_api.serving.features import Value
+from berth_api.serving.predictor import ModelOutput
+from berth_common.keys import RedisKeys
 
 
-def cache_key(prefix: str, model_name: str, model_version: str, row: list[Value]) -> str:
+def cache_key(keys: RedisKeys, model_name: str, model_version: str, row: list[Value]) -> str:
     canonical = json.dumps(row, separators=(",", ":"), ensure_ascii=False)
     digest = hashlib.sha256(canonical.encode()).hexdigest()[:32]
-    return f"{prefix}:cache:{model_name}:{model_version}:{digest}"
+    return keys.cache(model_name, model_version, digest)
 
 
 def encode_output(output: ModelOutput) -> str:

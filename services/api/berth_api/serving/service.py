@@ -11,21 +11,22 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
 
-from berth_api.cache import cache_key
-from berth_api.features import rows_from_instances
-from berth_api.predictor import ModelOutput
-from berth_api.publisher import RedisGateway
-from berth_api.registry import ServedModel
+from berth_api.ledger.gateway import RedisGateway
 from berth_api.schemas import ModelRef, PredictResponse, RowPrediction
+from berth_api.serving.cache import cache_key
+from berth_api.serving.features import rows_from_instances
+from berth_api.serving.predictor import ModelOutput
+from berth_api.serving.registry import ServedModel
+from berth_common.keys import RedisKeys
 from berth_common.ledger import PredictionRecord
 
 
 class PredictionService:
     def __init__(
-        self, gateway: RedisGateway, key_prefix: str, max_rows: int, max_string_length: int
+        self, gateway: RedisGateway, keys: RedisKeys, max_rows: int, max_string_length: int
     ) -> None:
         self._gateway = gateway
-        self._prefix = key_prefix
+        self._keys = keys
         self._max_rows = max_rows
         self._max_string_length = max_string_length
 
@@ -37,7 +38,7 @@ class PredictionService:
         rows = rows_from_instances(
             metadata, instances, max_rows=self._max_rows, max_string_length=self._max_string_length
         )
-        keys = [cache_key(self._prefix, metadata.name, metadata.version, row) for row in rows]
+        keys = [cache_key(self._keys, metadata.name, metadata.version, row) for row in rows]
         outputs = await self._gateway.cached_outputs(keys)
         cached = [output is not None for output in outputs]
         misses = [i for i, output in enumerate(outputs) if output is None]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
-from berth_api.deps import RequestId, State
+from berth_api.http.deps import RequestId, State
 from berth_api.schemas import DefaultPredictRequest, PredictRequest, PredictResponse
 
 router = APIRouter(tags=["predictions"])

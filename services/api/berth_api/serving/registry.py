@@ -10,17 +10,17 @@ import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from berth_api.batching import ModelBatcher
-from berth_api.bundles import (
+from berth_api.bundles.bundle import (
     BundleError,
     ModelBundle,
     bundle_dirs,
     load_bundle,
     version_sort_key,
 )
-from berth_api.compiled import CompiledPredictor, NotCompiled
 from berth_api.errors import ModelNotFound, ModelNotReady
-from berth_api.predictor import Predictor, Predicts
+from berth_api.serving.batching import ModelBatcher
+from berth_api.serving.compiled import CompiledPredictor, NotCompiled
+from berth_api.serving.predictor import Predictor, Predicts
 from berth_common.settings import ApiSettings
 
 logger = logging.getLogger(__name__)

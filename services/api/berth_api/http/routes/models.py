@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
-from berth_api.bundles import BundleMetadata
-from berth_api.deps import State
+from berth_api.bundles.bundle import BundleMetadata
 from berth_api.errors import ModelNotFound, ModelNotReady
+from berth_api.http.deps import State
 from berth_api.schemas import ModelList, ModelSummary
 
 router = APIRouter(prefix="/v1/models", tags=["models"])

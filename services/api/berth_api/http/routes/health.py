@@ -5,8 +5,8 @@ from __future__ import annotations
 from fastapi import APIRouter
 from fastapi.responses import JSONResponse
 
-from berth_api.deps import State
-from berth_api.ledger_health import ledger_checks
+from berth_api.http.deps import State
+from berth_api.ledger.health import ledger_checks
 from berth_api.schemas import Check, Readiness
 
 router = APIRouter(tags=["health"])

@@ -23,13 +23,13 @@ import orjson
 from pydantic import BaseModel
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from berth_api.auth import check_api_key
-from berth_api.deps import ApiState
 from berth_api.errors import BerthError, problem_response
-from berth_api.limits import replaying
+from berth_api.http.auth import check_api_key
+from berth_api.http.deps import ApiState
+from berth_api.http.limits import replaying
+from berth_api.http.routes.v2 import infer_raw
 from berth_api.protocols import v2
-from berth_api.registry import ServedModel
-from berth_api.routes.v2 import infer_raw
+from berth_api.serving.registry import ServedModel
 from berth_common.logconfig import request_id_var
 
 _MODEL_ROUTE = re.compile(r"^/v1/models/([^/]+)/(?:versions/([^/]+)/)?predict$")

@@ -25,18 +25,18 @@ import logging
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass
-from datetime import datetime
 from typing import Any
 
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 from starlette.concurrency import run_in_threadpool
 
-from berth_api.cache import decode_output, encode_output
 from berth_api.coalesce import Coalescer
 from berth_api.errors import LedgerUnavailable
-from berth_api.predictor import ModelOutput
-from berth_api.spool import ClaimedSegment, LedgerSpool
+from berth_api.ledger.spool import ClaimedSegment, LedgerSpool
+from berth_api.serving.cache import decode_output, encode_output
+from berth_api.serving.predictor import ModelOutput
+from berth_common.keys import RedisKeys
 from berth_common.ledger import MalformedEntry, PredictionRecord, decode_entry, encode_entry
 
 logger = logging.getLogger(__name__)
@@ -62,24 +62,18 @@ class _Record:
 _Answer = list[ModelOutput | None] | bool
 
 
-def served_counter(prefix: str, served_at: datetime) -> tuple[str, str]:
-    """Hash key (one per UTC day) and field (minute) counting rows served in that minute."""
-    return f"{prefix}:served:{served_at:%Y-%m-%d}", f"{served_at:%H:%M}"
-
-
 class RedisGateway:
     def __init__(
         self,
         client: Redis,
         *,
-        stream: str,
-        key_prefix: str,
+        keys: RedisKeys,
         cache_ttl_seconds: int,
         spool: LedgerSpool,
     ) -> None:
         self._client = client
-        self._stream = stream
-        self._prefix = key_prefix
+        self._keys = keys
+        self._stream = keys.ledger_stream
         self._ttl = cache_ttl_seconds
         self._healthy = True
         self.spool = spool
@@ -183,7 +177,7 @@ class RedisGateway:
             ) from exc
 
     def _count_served(self, pipe: object, records: Iterable[PredictionRecord]) -> None:
-        counts = Counter(served_counter(self._prefix, r.served_at) for r in records)
+        counts = Counter(self._keys.served(r.served_at) for r in records)
         for (key, field), rows in counts.items():
             pipe.hincrby(key, field, rows)  # type: ignore[attr-defined]
             pipe.expire(key, SERVED_COUNTER_TTL_SECONDS)  # type: ignore[attr-defined]

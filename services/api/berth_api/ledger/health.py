@@ -13,8 +13,8 @@ from redis.exceptions import RedisError
 from sqlalchemy import Engine, text
 from starlette.concurrency import run_in_threadpool
 
+from berth_api.ledger.spool import LedgerSpool
 from berth_api.schemas import Check
-from berth_api.spool import LedgerSpool
 from berth_common.settings import ApiSettings
 
 # Entries waiting in the stream beyond which the workers are said to be falling behind.
@@ -65,7 +65,7 @@ async def _backlog(settings: ApiSettings, redis: Redis) -> Check:
 
 
 async def _workers(settings: ApiSettings, redis: Redis) -> Check:
-    pattern = f"{settings.redis_key_prefix}:worker:*:heartbeat"
+    pattern = settings.keys.heartbeat_pattern
     beats: list[dict[str, Any]] = []
     async for key in redis.scan_iter(match=pattern, count=100):
         raw = await redis.get(key)

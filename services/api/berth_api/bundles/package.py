@@ -1,4 +1,4 @@
-"""`python -m berth_api.package MODEL --name N --version V [--sample CSV]`: make a bundle.
+"""`python -m berth_api.bundles.package MODEL --name N --version V [--sample CSV]`: make a bundle.
 
 Turns a fitted scikit-learn estimator or Pipeline saved with joblib into a bundle the API serves.
 Feature names come from the estimator (`feature_names_in_`) or the sample's header, types from
@@ -24,17 +24,17 @@ import numpy as np
 import sklearn
 from sklearn.exceptions import InconsistentVersionWarning
 
-from berth_api.bundles import (
+from berth_api.bundles.bundle import (
     BundleError,
     BundleMetadata,
     FeatureSpec,
     FeatureType,
     write_bundle,
 )
-from berth_api.compiled import CompiledModel, NotCompiled, compile_model
 from berth_api.errors import BerthError
-from berth_api.features import Value, rows_from_instances
-from berth_api.predictor import Predictor
+from berth_api.serving.compiled import CompiledModel, NotCompiled, compile_model
+from berth_api.serving.features import Value, rows_from_instances
+from berth_api.serving.predictor import Predictor
 
 SAMPLE_ROWS_CHECKED = 100
 
@@ -247,7 +247,7 @@ def package(
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m berth_api.package",
+        prog="python -m berth_api.bundles.package",
         description="Package a fitted scikit-learn model saved with joblib as a Berth bundle.",
     )
     parser.add_argument("model", type=Path, help="the .joblib file")

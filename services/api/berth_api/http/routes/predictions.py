@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Path
 
-from berth_api.deps import State
-from berth_api.ledger_reads import stored_request
-from berth_api.middleware import REQUEST_ID_PATTERN
+from berth_api.http.deps import State
+from berth_api.http.middleware import REQUEST_ID_PATTERN
+from berth_api.ledger.reads import stored_request
 from berth_api.schemas import StoredRequest
 
 router = APIRouter(prefix="/v1/predictions", tags=["ledger"])

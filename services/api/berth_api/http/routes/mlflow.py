@@ -5,8 +5,8 @@ from __future__ import annotations
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import PlainTextResponse
 
-from berth_api.auth import require_api_key
-from berth_api.deps import RequestId, State
+from berth_api.http.auth import require_api_key
+from berth_api.http.deps import RequestId, State
 from berth_api.protocols import mlflow
 
 router = APIRouter(tags=["mlflow / sagemaker"])

@@ -6,8 +6,8 @@ import hmac
 
 from fastapi import Request
 
-from berth_api.deps import get_state
 from berth_api.errors import Unauthorized
+from berth_api.http.deps import get_state
 
 
 async def require_api_key(request: Request) -> None:

@@ -1,4 +1,4 @@
-"""`python -m berth_api.train`: trains the demo bundle iris/1 into the models directory.
+"""`python -m berth_api.bundles.train`: trains the demo bundle iris/1 into the models directory.
 
 Deterministic (fixed split and seed), so every `make up` on any machine serves the same model,
 and its held-out accuracy goes into the bundle's metadata.
@@ -17,8 +17,8 @@ from sklearn.ensemble import RandomForestClassifier
 from sklearn.metrics import accuracy_score
 from sklearn.model_selection import train_test_split
 
-from berth_api.bundles import BundleMetadata, FeatureSpec, bundle_dirs, write_bundle
-from berth_api.package import try_compile
+from berth_api.bundles.bundle import BundleMetadata, FeatureSpec, bundle_dirs, write_bundle
+from berth_api.bundles.package import try_compile
 
 DEMO_NAME = "iris"
 DEMO_VERSION = "1"

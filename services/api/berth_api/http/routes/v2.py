@@ -6,11 +6,11 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse
 
 from berth_api import __version__
-from berth_api.auth import require_api_key
-from berth_api.deps import RequestId, State
+from berth_api.http.auth import require_api_key
+from berth_api.http.deps import RequestId, State
 from berth_api.protocols import v2
-from berth_api.registry import ServedModel
-from berth_api.service import PredictionService
+from berth_api.serving.registry import ServedModel
+from berth_api.serving.service import PredictionService
 
 router = APIRouter(prefix="/v2", tags=["open inference protocol (v2)"])
 models_router = APIRouter(

@@ -13,8 +13,8 @@ from concurrent.futures import ThreadPoolExecutor
 
 from berth_api.coalesce import Coalescer
 from berth_api.errors import UnpredictableInput
-from berth_api.features import Value
-from berth_api.predictor import ModelOutput, Predicts
+from berth_api.serving.features import Value
+from berth_api.serving.predictor import ModelOutput, Predicts
 
 Rows = list[list[Value]]
 

@@ -15,9 +15,9 @@ from typing import Any, Protocol
 import numpy as np
 import pandas as pd
 
-from berth_api.bundles import FeatureSpec, FeatureType, Label, ModelBundle
+from berth_api.bundles.bundle import FeatureSpec, FeatureType, Label, ModelBundle
 from berth_api.errors import FieldError, UnpredictableInput
-from berth_api.features import Value
+from berth_api.serving.features import Value
 
 logger = logging.getLogger(__name__)
 

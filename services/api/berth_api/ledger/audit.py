@@ -1,4 +1,4 @@
-"""`python -m berth_api.audit [--since ISO] [--until ISO]`: do the ledger's books balance?
+"""`python -m berth_api.ledger.audit [--since ISO] [--until ISO]`: do the ledger's books balance?
 
 For a time range (by the minute each row was served) it counts, from independent sources:
 - served: the API's per-minute counters in Redis, incremented with every ledger append (and,
@@ -27,8 +27,8 @@ from sqlalchemy import create_engine, func, select
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import SQLAlchemyError
 
-from berth_api.publisher import served_counter
-from berth_api.spool import LedgerSpool
+from berth_api.ledger.spool import LedgerSpool
+from berth_common.keys import RedisKeys
 from berth_common.ledger import MalformedEntry, PredictionRecord, decode_entry
 from berth_common.settings import ApiSettings, load_or_exit
 from berth_common.tables import ledger_dead_letters, predictions
@@ -63,7 +63,7 @@ def audit(
     return Books(
         since=since.isoformat(),
         until=until.isoformat(),
-        served=served_rows(client, settings.redis_key_prefix, since, until) + spooled,
+        served=served_rows(client, settings.keys, since, until) + spooled,
         stored=stored_rows(engine, since, until),
         pending=_in_range(pending_records(client, settings), since, until),
         spooled=spooled,
@@ -71,11 +71,11 @@ def audit(
     )
 
 
-def served_rows(client: redis.Redis, prefix: str, since: datetime, until: datetime) -> int:
+def served_rows(client: redis.Redis, keys: RedisKeys, since: datetime, until: datetime) -> int:
     total = 0
     day = since.replace(hour=0, minute=0, second=0, microsecond=0)
     while day < until:
-        key, _ = served_counter(prefix, day)
+        key, _ = keys.served(day)
         for field, count in client.hgetall(key).items():
             hour, minute = (int(part) for part in _text(field).split(":"))
             minute_start = day.replace(hour=hour, minute=minute)
@@ -186,7 +186,7 @@ def render(books: Books) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m berth_api.audit", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m berth_api.ledger.audit", description=__doc__)
     parser.add_argument("--since", type=_moment, help="ISO time (UTC if no zone); default 24 h ago")
     parser.add_argument("--until", type=_moment, help="ISO time; default now")
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")

@@ -11,7 +11,7 @@ import math
 from collections.abc import Sequence
 from typing import Any
 
-from berth_api.bundles import BundleMetadata, FeatureSpec
+from berth_api.bundles.bundle import BundleMetadata, FeatureSpec
 from berth_api.errors import FieldError, InvalidInput
 
 Value = str | int | float | bool

@@ -22,10 +22,10 @@ from typing import Any
 
 import numpy as np
 
-from berth_api.bundles import CompiledSpec, FeatureSpec, ModelBundle
+from berth_api.bundles.bundle import CompiledSpec, FeatureSpec, ModelBundle
 from berth_api.errors import UnpredictableInput
-from berth_api.features import Value
-from berth_api.predictor import (
+from berth_api.serving.features import Value
+from berth_api.serving.predictor import (
     ModelOutput,
     Predictor,
     check_finite_rows,
