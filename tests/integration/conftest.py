@@ -6,6 +6,7 @@ import socket
 import threading
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -17,6 +18,7 @@ from fastapi.testclient import TestClient
 from sqlalchemy import Engine, create_engine, text
 
 from berth_api.app import create_app
+from berth_api.server import uvicorn_options
 from berth_common.settings import ApiSettings, CommonSettings
 from tests.conftest import ROOT, RUN_DATABASE, service_env
 
@@ -54,7 +56,7 @@ def engine(database_url: str) -> Iterator[Engine]:
 @pytest.fixture(autouse=True)
 def _empty_tables(engine: Engine) -> None:
     with engine.begin() as connection:
-        connection.execute(text("TRUNCATE predictions, ledger_dead_letters"))
+        connection.execute(text("TRUNCATE predictions, ledger_dead_letters, ledger_conflicts"))
 
 
 @pytest.fixture
@@ -79,13 +81,15 @@ def client(settings: ApiSettings, redis_client: redis.Redis) -> Iterator[TestCli
         yield client
 
 
-@pytest.fixture
-def live_api(settings: ApiSettings) -> Iterator[str]:
-    """The API on a real socket, for client libraries that bring their own HTTP stack."""
+@contextmanager
+def serving(settings: ApiSettings) -> Iterator[str]:
+    """The API on a real socket, served as `python -m berth_api` serves it (one process)."""
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    config = uvicorn.Config(create_app(settings), host="127.0.0.1", port=port, log_config=None)
+    config = uvicorn.Config(
+        create_app(settings), host="127.0.0.1", port=port, **uvicorn_options(settings)
+    )
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
@@ -94,6 +98,26 @@ def live_api(settings: ApiSettings) -> Iterator[str]:
         if time.monotonic() > deadline or not thread.is_alive():
             raise RuntimeError("the API did not start")
         time.sleep(0.02)
-    yield f"127.0.0.1:{port}"
-    server.should_exit = True
-    thread.join(timeout=10)
+    try:
+        yield f"127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
+
+
+@pytest.fixture
+def live_api(settings: ApiSettings) -> Iterator[str]:
+    """The API on a real socket, for client libraries that bring their own HTTP stack."""
+    with serving(settings) as address:
+        yield address
+
+
+@pytest.fixture
+def churn_models_dir(iris_models_dir: Path, tmp_path: Path) -> Path:
+    """The demo bundle and churn/1, a Pipeline with string and number features."""
+    from berth_api.bundles.package import package
+    from tests.models import churn_pipeline, save, write_sample
+
+    churn = save(churn_pipeline(), tmp_path / "churn.joblib")
+    package(churn, iris_models_dir, "churn", "1", write_sample(tmp_path / "sample.csv"))
+    return iris_models_dir

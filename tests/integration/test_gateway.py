@@ -11,7 +11,7 @@ from pathlib import Path
 import redis
 from redis.asyncio import Redis as AsyncRedis
 
-from berth_api.ledger.gateway import RedisGateway
+from berth_api.ledger.gateway import Lookup, RedisGateway
 from berth_api.ledger.spool import LedgerSpool
 from berth_api.serving.predictor import ModelOutput
 from berth_common.ledger import PredictionRecord, decode_entry
@@ -57,12 +57,12 @@ def test_mixed_reads_and_writes_in_one_round_trip_are_answered_in_order(
             # gathered before the first round trip starts: all of them share it, in this order
             results: list[object] = await asyncio.gather(
                 gateway.record(record("w-1", 2), {f"{key}:a": a, f"{key}:b": b}),
-                gateway.cached_outputs([f"{key}:known", f"{key}:missing"]),
+                gateway.lookup([f"{key}:known", f"{key}:missing"]),
                 gateway.record(record("w-2", 1), {}),
-                gateway.cached_outputs([f"{key}:missing"]),
+                gateway.lookup([f"{key}:missing"]),
                 gateway.record(record("w-3", 3), {f"{key}:c": a}),
             )  # type: ignore[assignment]
-            again = await gateway.cached_outputs([f"{key}:a", f"{key}:b", f"{key}:c"])
+            again = await gateway.lookup([f"{key}:a", f"{key}:b", f"{key}:c"])
             results.append(again)
             return results, gateway.round_trips, gateway.requests
         finally:
@@ -71,13 +71,15 @@ def test_mixed_reads_and_writes_in_one_round_trip_are_answered_in_order(
     results, round_trips, requests = asyncio.run(run())
     assert (round_trips, requests) == (2, 6)
     assert results[0] is None
-    assert results[1] == [ModelOutput("virginica", {"virginica": 1.0}), None]
-    assert results[3] == [None]
-    assert results[5] == [
-        ModelOutput("a", {"a": 1.0}),
-        ModelOutput("b", None),
-        ModelOutput("a", {"a": 1.0}),
-    ]
+    assert results[1] == Lookup([ModelOutput("virginica", {"virginica": 1.0}), None])
+    assert results[3] == Lookup([None])
+    assert results[5] == Lookup(
+        [
+            ModelOutput("a", {"a": 1.0}),
+            ModelOutput("b", None),
+            ModelOutput("a", {"a": 1.0}),
+        ]
+    )
     # one stream entry per round trip, holding every request's records in order
     entries = redis_client.xrange(stream)
     assert [[(r.request_id, r.row_index) for r in decode_entry(f)] for _, f in entries] == [

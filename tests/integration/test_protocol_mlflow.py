@@ -110,7 +110,7 @@ def test_csv_columns_in_another_order(client: TestClient) -> None:
             b'{"inputs": {"sepal_length": [1, 2], "sepal_width": [1]}}',
             "application/json",
             422,
-            "same length",
+            "same number of values",
         ),
         (
             b"sepal_length,sepal_width,petal_length,petal_width\n1,2,x,4\n",

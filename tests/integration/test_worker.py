@@ -255,7 +255,7 @@ def test_malformed_entries_are_dead_lettered_and_the_good_ones_stored(
         assert letters[stream_id]["payload"] == raw_entry_text(fields)
         assert letters[stream_id]["delivery_count"] == 1
     errors = [letters[stream_id]["error"] for stream_id in bad_ids]
-    assert errors[0] == "unknown entry format '9', expected '1'"
+    assert errors[0] == "unknown entry format '9', expected one of ['1', '2']"
     assert errors[1].startswith("unknown entry format '\ufffd\ufffd'")
     assert errors[2] == "records are not valid JSON: NaN is not valid JSON"
     assert errors[3].startswith("invalid record: ")

@@ -41,7 +41,7 @@ def stored_rows(engine: Engine) -> dict[tuple[str, int], dict[str, Any]]:
             text(
                 "SELECT request_id, row_index, model_name, model_version, features, prediction, "
                 "probabilities, probabilities IS NULL AS no_probabilities, cached, latency_ms, "
-                "served_at FROM predictions"
+                "served_at, request_hash FROM predictions"
             )
         )
         return {(row.request_id, row.row_index): dict(row._mapping) for row in result}

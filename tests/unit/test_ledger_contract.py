@@ -70,7 +70,7 @@ def test_encode_refuses_nan_instead_of_writing_invalid_json() -> None:
     [
         pytest.param({}, "unknown entry format None", id="empty"),
         pytest.param(
-            {FORMAT_FIELD: "2", RECORDS_FIELD: "[]"}, "unknown entry format '2'", id="version"
+            {FORMAT_FIELD: "3", RECORDS_FIELD: "[]"}, "unknown entry format '3'", id="version"
         ),
         pytest.param({FORMAT_FIELD: ENTRY_FORMAT}, "has no 'records' field", id="no-records"),
         pytest.param(entry_with("[{"), "not valid JSON", id="bad-json"),

@@ -6,6 +6,7 @@ import os
 
 import uvicorn
 
+from berth_api.server import uvicorn_options
 from berth_common.logconfig import configure_logging
 from berth_common.settings import ApiSettings, load_or_exit
 
@@ -26,12 +27,7 @@ def main() -> None:
         host="0.0.0.0",  # noqa: S104 - inside the container; compose decides what is published
         port=8000,
         workers=settings.api_workers,
-        loop="uvloop",
-        http="httptools",
-        log_config=None,
-        access_log=False,  # berth.access logs each request with its request id instead
-        timeout_graceful_shutdown=30,
-        proxy_headers=False,
+        **uvicorn_options(settings),
     )
 
 

@@ -9,7 +9,9 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
-from fastapi import Depends, FastAPI
+from fastapi import FastAPI
+from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html
+from fastapi.responses import HTMLResponse, JSONResponse
 from redis.asyncio import Redis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
@@ -18,14 +20,14 @@ from starlette.concurrency import run_in_threadpool
 
 from berth_api import __doc__ as package_doc
 from berth_api import __version__
-from berth_api.errors import install_error_handlers
-from berth_api.http.auth import require_api_key
-from berth_api.http.deps import ApiState
-from berth_api.http.fastpath import PredictFastPath
+from berth_api.http.access import AccessMiddleware, AccessPolicy
+from berth_api.http.deps import ApiState, Context
+from berth_api.http.dispatch import PredictionRouter, install_documented_routes
 from berth_api.http.limits import BodySizeLimitMiddleware
 from berth_api.http.middleware import RequestIdMiddleware
 from berth_api.http.openapi import build_openapi
-from berth_api.http.routes import health, mlflow, models, predict, predictions, v2
+from berth_api.http.problems import install_error_handlers
+from berth_api.http.routes import health, mlflow, models, predictions, v2
 from berth_api.ledger.gateway import RedisGateway
 from berth_api.ledger.spool import LedgerSpool
 from berth_api.serving.registry import ModelRegistry
@@ -50,14 +52,16 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
     settings = settings or load_or_exit(ApiSettings)
     configure_logging(settings.log_level, settings.log_format)
 
-    # The document lists each served model, so it is built after the lifespan loaded them.
-    openapi: dict[str, Any] = {}
+    # The document lists each served model (for key holders), so it is built after the lifespan
+    # loaded them; both forms are built once, on first request.
+    documents: dict[bool, dict[str, Any]] = {}
+    loaded: dict[str, ModelRegistry] = {}
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[dict[str, Any]]:
         registry = await run_in_threadpool(ModelRegistry.load, settings)
-        openapi.clear()
-        openapi["registry"] = registry
+        documents.clear()
+        loaded["registry"] = registry
         redis = redis_client(settings)
         engine = create_engine(
             settings.database_url,
@@ -74,7 +78,12 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
         )
         replay = asyncio.create_task(gateway.replay_forever(settings.spool_replay_interval_seconds))
         service = PredictionService(
-            gateway, settings.keys, settings.max_batch_rows, settings.max_string_length
+            gateway,
+            settings.keys,
+            settings.max_batch_rows,
+            settings.max_string_length,
+            idempotency_ttl_seconds=settings.idempotency_ttl_seconds,
+            idempotency_wait_seconds=settings.idempotency_wait_seconds,
         )
         # Everything loaded so far (libraries, models) lives as long as the process: moved out of
         # the collector's sight, a full collection no longer walks it, which under load had
@@ -98,24 +107,36 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
         description=package_doc or "",
         version=__version__,
         lifespan=lifespan,
+        # served below, so that the catalogue in them follows the access policy
+        openapi_url=None,
+        docs_url=None,
+        redoc_url=None,
     )
 
-    def document() -> dict[str, Any]:
-        if "document" not in openapi:
-            openapi["document"] = build_openapi(app, openapi.get("registry"))
-        return openapi["document"]  # type: ignore[no-any-return]
+    @app.get("/openapi.json", include_in_schema=False)
+    async def openapi(context: Context) -> JSONResponse:
+        detailed = context.authorized
+        if detailed not in documents:
+            documents[detailed] = build_openapi(app, loaded.get("registry") if detailed else None)
+        return JSONResponse(documents[detailed])
 
-    app.openapi = document  # type: ignore[method-assign]
+    @app.get("/docs", include_in_schema=False)
+    async def docs() -> HTMLResponse:
+        return get_swagger_ui_html(openapi_url="/openapi.json", title="Berth - Swagger UI")
+
+    @app.get("/redoc", include_in_schema=False)
+    async def redoc() -> HTMLResponse:
+        return get_redoc_html(openapi_url="/openapi.json", title="Berth - ReDoc")
+
     install_error_handlers(app)
-    protected = [Depends(require_api_key)]
-    for module in (predict, models, predictions):
-        app.include_router(module.router, dependencies=protected)
-    app.include_router(health.router)
-    app.include_router(v2.router)
+    install_documented_routes(app)
+    for module in (models, predictions, health, v2, mlflow):
+        app.include_router(module.router)
     app.include_router(v2.models_router)
-    app.include_router(mlflow.router)
-    # the last added runs first: every response, a 413 included, carries the request id
-    app.add_middleware(PredictFastPath)
+    # The last added runs first: every response, a 401 or 413 included, carries the request id,
+    # the key is checked before a body is read, and only then are the prediction paths routed.
+    app.add_middleware(PredictionRouter)
     app.add_middleware(BodySizeLimitMiddleware, max_bytes=settings.max_body_bytes)
+    app.add_middleware(AccessMiddleware, policy=AccessPolicy(settings.api_key_list))
     app.add_middleware(RequestIdMiddleware, access_log=settings.access_log)
     return app

@@ -1,26 +1,24 @@
 """One error hierarchy, rendered everywhere as RFC 9457 problem details.
 
 Every failure a client can cause is a `BerthError` carrying its HTTP status, so handlers never
-guess; FastAPI's own validation and routing errors are converted to the same shape. Bodies name
-the offending field but never echo the submitted value back.
+guess; FastAPI's own validation and routing errors are converted to the same shape (see
+`http/problems.py`). Bodies name the offending field but never echo the submitted value back.
+Clients of the standard protocols read the error where their protocol puts it: those members are
+added to the same document (RFC 9457 allows extensions), chosen by the door's `ErrorStyle`.
 """
 
 from __future__ import annotations
 
-import logging
+import enum
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from fastapi import FastAPI, Request
-from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
-from starlette.exceptions import HTTPException as StarletteHTTPException
+import orjson
 
 from berth_common.logconfig import request_id_var
 
 PROBLEM_JSON = "application/problem+json"
-logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -74,6 +72,12 @@ class MalformedRequest(BerthError):
     title = "Malformed request"
 
 
+class InvalidRequestId(BerthError):
+    status = 400
+    code = "invalid-request-id"
+    title = "Invalid request id"
+
+
 class ModelNotFound(BerthError):
     status = 404
     code = "model-not-found"
@@ -92,68 +96,92 @@ class PredictionNotFound(BerthError):
     title = "Prediction not found"
 
 
+class UnsupportedMediaType(BerthError):
+    status = 415
+    code = "unsupported-media-type"
+    title = "Unsupported media type"
+
+
+class RequestTimeout(BerthError):
+    status = 408
+    code = "request-timeout"
+    title = "Request timeout"
+    headers = {"Connection": "close"}  # noqa: RUF012 - never mutated
+
+
+class IdempotencyConflict(BerthError):
+    """The request id was already used for another request (or that one is still running)."""
+
+    status = 409
+    code = "request-id-conflict"
+    title = "Request id already used"
+
+
 class LedgerUnavailable(BerthError):
     status = 503
     code = "ledger-unavailable"
     title = "Ledger database unavailable"
 
 
-def problem_response(
+class ErrorStyle(enum.Enum):
+    """Where a door's clients look for the error, besides the problem members."""
+
+    PROBLEM = "problem"  # Berth's own REST API: RFC 9457 only
+    V2 = "v2"  # Open Inference Protocol: {"error": "..."}
+    KSERVE_V1 = "kserve-v1"  # TensorFlow Serving / KServe V1: {"error": "..."}
+    MLFLOW = "mlflow"  # MLflow scoring server: {"error_code": "...", "message": "..."}
+
+
+# MLflow's error codes (its protos' ErrorCode), by status.
+_MLFLOW_ERROR_CODES = {
+    400: "MALFORMED_REQUEST",
+    401: "UNAUTHENTICATED",
+    404: "RESOURCE_DOES_NOT_EXIST",
+    408: "REQUEST_LIMIT_EXCEEDED",
+    409: "RESOURCE_ALREADY_EXISTS",
+    413: "REQUEST_LIMIT_EXCEEDED",
+    415: "BAD_REQUEST",
+    422: "INVALID_PARAMETER_VALUE",
+    503: "TEMPORARILY_UNAVAILABLE",
+}
+
+
+def _protocol_members(style: ErrorStyle, status: int, detail: str) -> dict[str, str]:
+    if style in (ErrorStyle.V2, ErrorStyle.KSERVE_V1):
+        return {"error": detail}
+    if style is ErrorStyle.MLFLOW:
+        fallback = "BAD_REQUEST" if status < 500 else "INTERNAL_ERROR"
+        return {"error_code": _MLFLOW_ERROR_CODES.get(status, fallback), "message": detail}
+    return {}
+
+
+def problem_body(
     status: int,
     code: str,
     title: str,
     detail: str,
-    errors: list[FieldError] | None = None,
-    headers: dict[str, str] | None = None,
-    path: str = "",
-) -> JSONResponse:
+    errors: Sequence[FieldError] = (),
+    style: ErrorStyle = ErrorStyle.PROBLEM,
+) -> bytes:
     body: dict[str, Any] = {
         "type": f"urn:berth:problem:{code}",
         "title": title,
         "status": status,
         "detail": detail,
-        **_protocol_members(path, status, detail),
+        **_protocol_members(style, status, detail),
     }
     request_id = request_id_var.get()
     if request_id:
         body["request_id"] = request_id
     if errors:
         body["errors"] = [{"field": e.field, "message": e.message} for e in errors]
-    return JSONResponse(body, status_code=status, media_type=PROBLEM_JSON, headers=headers)
+    # orjson refuses text that is not Unicode (a lone surrogate) rather than sending it; details
+    # quote client input only through repr(), which escapes such characters
+    return orjson.dumps(body)
 
 
-# Clients of the standard protocols read the error where their protocol puts it; these members
-# are added to the problem document (RFC 9457 allows extensions), so one shape serves all.
-_MLFLOW_ERROR_CODES = {
-    400: "MALFORMED_REQUEST",
-    404: "RESOURCE_DOES_NOT_EXIST",
-    413: "BAD_REQUEST",
-    422: "INVALID_PARAMETER_VALUE",
-    401: "UNAUTHENTICATED",
-}
-
-
-def _protocol_members(path: str, status: int, detail: str) -> dict[str, str]:
-    if path.startswith("/v2/"):
-        return {"error": detail}
-    if path == "/invocations":
-        return {"error_code": _MLFLOW_ERROR_CODES.get(status, "INTERNAL_ERROR"), "message": detail}
-    return {}
-
-
-def _field_name(location: tuple[int | str, ...]) -> str:
-    parts = [str(p) for p in location if p != "body"]
-    name = ""
-    for part in parts:
-        name += f"[{part}]" if part.isdigit() else (f".{part}" if name else part)
-    return name or "body"
-
-
-async def _berth_error(request: Request, exc: Exception) -> JSONResponse:
-    assert isinstance(exc, BerthError)
-    return problem_response(
-        exc.status, exc.code, exc.title, exc.detail, exc.errors, exc.headers, request.url.path
-    )
+def error_problem(exc: BerthError, style: ErrorStyle = ErrorStyle.PROBLEM) -> bytes:
+    return problem_body(exc.status, exc.code, exc.title, exc.detail, exc.errors, style)
 
 
 def invalid_body(raw: Sequence[Any]) -> BerthError:
@@ -165,36 +193,9 @@ def invalid_body(raw: Sequence[Any]) -> BerthError:
     return InvalidInput(detail, errors)
 
 
-async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
-    assert isinstance(exc, RequestValidationError)
-    return await _berth_error(request, invalid_body(exc.errors()))
-
-
-async def _http_error(request: Request, exc: Exception) -> JSONResponse:
-    assert isinstance(exc, StarletteHTTPException)
-    code = {404: "not-found", 405: "method-not-allowed"}.get(exc.status_code, "http-error")
-    title = str(exc.detail) if isinstance(exc.detail, str) else "HTTP error"
-    detail = {404: "no such endpoint", 405: "method not allowed on this endpoint"}.get(
-        exc.status_code, title
-    )
-    return problem_response(
-        exc.status_code, code, title, detail, headers=dict(exc.headers) if exc.headers else None
-    )
-
-
-async def _unexpected_error(request: Request, exc: Exception) -> JSONResponse:
-    logger.exception("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
-    return problem_response(
-        500,
-        BerthError.code,
-        BerthError.title,
-        "an unexpected error occurred",
-        path=request.url.path,
-    )
-
-
-def install_error_handlers(app: FastAPI) -> None:
-    app.add_exception_handler(BerthError, _berth_error)
-    app.add_exception_handler(RequestValidationError, _validation_error)
-    app.add_exception_handler(StarletteHTTPException, _http_error)
-    app.add_exception_handler(Exception, _unexpected_error)
+def _field_name(location: tuple[int | str, ...]) -> str:
+    parts = [str(p) for p in location if p != "body"]
+    name = ""
+    for part in parts:
+        name += f"[{part}]" if part.isdigit() else (f".{part}" if name else part)
+    return name or "body"

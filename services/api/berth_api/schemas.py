@@ -7,7 +7,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from berth_api.bundles.bundle import Label
+from berth_api.bundles.bundle import BundleMetadata, Label
 
 Instance = list[Any] | dict[str, Any]
 IRIS_EXAMPLE: Any = [5.1, 3.5, 1.4, 0.2]
@@ -59,6 +59,38 @@ class DefaultPredictRequest(BaseModel):
 
     def rows(self) -> list[Instance]:
         return self.instances if self.instances is not None else [self.features]  # type: ignore[list-item]
+
+
+class KServeV1Request(BaseModel):
+    """TensorFlow Serving / KServe V1: `instances` (rows), or `inputs` (rows, or an object mapping
+    each feature to its column of values)."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [
+                {"instances": [IRIS_EXAMPLE]},
+                {
+                    "inputs": {
+                        "sepal_length": [5.1],
+                        "sepal_width": [3.5],
+                        "petal_length": [1.4],
+                        "petal_width": [0.2],
+                    }
+                },
+            ]
+        },
+    )
+
+    instances: list[Instance] | None = None
+    inputs: list[Instance] | dict[str, list[Any]] | None = None
+    signature_name: str | None = Field(default=None, description="Accepted and ignored.")
+
+
+class PredictionsResponse(BaseModel):
+    """MLflow's and TensorFlow Serving's answer: one label (or value) per row."""
+
+    predictions: list[Label]
 
 
 class ModelRef(BaseModel):
@@ -118,13 +150,24 @@ class ModelSummary(BaseModel):
     default: bool
 
 
+class ModelDetails(BundleMetadata):
+    """A bundle's metadata, and that it is served (a model that is not gets a 503 instead)."""
+
+    ready: bool = True
+
+    @classmethod
+    def of(cls, metadata: BundleMetadata) -> ModelDetails:
+        return cls.model_validate({**metadata.model_dump(), "ready": True})
+
+
 class ModelList(BaseModel):
     models: list[ModelSummary]
 
 
 class Check(BaseModel):
     ok: bool
-    detail: str
+    # Left out for a caller without a key when API_KEYS is set: it can name hosts and files.
+    detail: str | None = None
 
 
 class Readiness(BaseModel):

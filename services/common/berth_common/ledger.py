@@ -21,7 +21,10 @@ from pydantic import (
     ValidationError,
 )
 
-ENTRY_FORMAT = "1"
+# Format 2 added `request_hash`; format 1 entries (without it) are still read. An entry of a
+# format this worker does not know is dead-lettered, loudly: upgrade workers before APIs.
+ENTRY_FORMAT = "2"
+READABLE_FORMATS = frozenset({"1", ENTRY_FORMAT})
 FORMAT_FIELD = "v"
 RECORDS_FIELD = "records"
 
@@ -45,6 +48,9 @@ class PredictionRecord(BaseModel):
     cached: bool
     latency_ms: Annotated[float, Field(ge=0)]
     served_at: AwareDatetime
+    # The fingerprint of the request (model, version, rows) when the client named it with
+    # X-Request-ID; the worker refuses a record whose request id is stored with another one.
+    request_hash: Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{64}$")] | None = None
 
 
 class MalformedEntry(ValueError):
@@ -59,10 +65,17 @@ _RECORD_LIST = TypeAdapter(list[PredictionRecord])
 _NON_FINITE_TOKENS = ("NaN", "Infinity")
 
 
+# Most requests are not named by their client: their records leave the empty field out.
+_UNNAMED = {"request_hash"}
+
+
 def encode_entry(records: list[PredictionRecord]) -> dict[str, str]:
     """Stream fields for one XADD carrying records: the API puts all the records of the requests
     that share a Redis round trip into one entry (each record names its request)."""
-    payload = [record.model_dump(mode="json") for record in records]
+    payload = [
+        record.model_dump(mode="json", exclude=_UNNAMED if record.request_hash is None else None)
+        for record in records
+    ]
     return {
         FORMAT_FIELD: ENTRY_FORMAT,
         RECORDS_FIELD: json.dumps(payload, separators=(",", ":"), allow_nan=False),
@@ -73,8 +86,10 @@ def decode_entry(fields: dict[bytes, bytes] | dict[str, str]) -> list[Prediction
     """Records of one stream entry, or MalformedEntry saying why there are none."""
     text = {_text(k): _text(v) for k, v in fields.items()}
     version = text.get(FORMAT_FIELD)
-    if version != ENTRY_FORMAT:
-        raise MalformedEntry(f"unknown entry format {version!r}, expected {ENTRY_FORMAT!r}")
+    if version not in READABLE_FORMATS:
+        raise MalformedEntry(
+            f"unknown entry format {version!r}, expected one of {sorted(READABLE_FORMATS)}"
+        )
     raw = text.get(RECORDS_FIELD)
     if raw is None:
         raise MalformedEntry(f"entry has no {RECORDS_FIELD!r} field")

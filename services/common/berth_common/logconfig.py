@@ -2,12 +2,17 @@
 
 A request id set in `request_id_var` appears in every line logged while that request is handled,
 so one grep finds everything a request did across the API's log.
+
+A logged value can come from a client (a path, a header): in text lines every control character
+and line separator is written as an escape (`\x0a`), so that nothing a client sends can end a
+line and forge the next. JSON lines escape them by being JSON.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import re
 import sys
 from contextvars import ContextVar
 from datetime import UTC, datetime
@@ -21,6 +26,28 @@ class RequestIdFilter(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         record.request_id = request_id_var.get() or "-"
         return True
+
+
+# C0 and C1 controls, DEL, and the Unicode line and paragraph separators.
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+
+
+def escape_controls(text: str) -> str:
+    return _CONTROL.sub(_escape, text)
+
+
+def _escape(match: re.Match[str]) -> str:
+    code = ord(match.group())
+    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
+
+
+class TextFormatter(logging.Formatter):
+    """One line per record: the message with its control characters escaped. A traceback,
+    written by the code itself and not by a client, follows on lines of its own."""
+
+    def formatMessage(self, record: logging.LogRecord) -> str:
+        record.message = escape_controls(record.message)
+        return super().formatMessage(record)
 
 
 class JsonFormatter(logging.Formatter):
@@ -48,7 +75,7 @@ def configure_logging(level: str = "INFO", fmt: str = "text") -> None:
     """Installs one stderr handler on the root logger; calling it again replaces it."""
     handler = logging.StreamHandler(sys.stderr)
     handler.addFilter(RequestIdFilter())
-    handler.setFormatter(JsonFormatter() if fmt == "json" else logging.Formatter(TEXT_FORMAT))
+    handler.setFormatter(JsonFormatter() if fmt == "json" else TextFormatter(TEXT_FORMAT))
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)

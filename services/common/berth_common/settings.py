@@ -203,6 +203,22 @@ class ApiSettings(CommonSettings):
 
     allow_version_mismatch: bool = False
 
+    # Deadlines for reading one request: its headers (from its first byte, or from the
+    # connection's), and its body (from the end of the headers). A client that misses one gets a
+    # 408 and its connection closed, so slow or stalled clients cannot hold connections for ever.
+    request_header_timeout_seconds: Annotated[float, Field(gt=0, le=600)] = 10.0
+    request_body_timeout_seconds: Annotated[float, Field(gt=0, le=3600)] = 30.0
+    # An idle kept-alive connection is closed after this long.
+    keep_alive_timeout_seconds: Annotated[int, Field(gt=0, le=3600)] = 5
+
+    # X-Request-ID is an idempotency key: a retry with the same id and the same request (model,
+    # version, rows) is answered as the first was, and recorded once; the same id with another
+    # request is refused (409). Redis remembers each id this long.
+    idempotency_ttl_seconds: PositiveInt = 86_400
+    # How long a retry waits for the first request with its id to finish before it is refused
+    # with a 409 that says the first is still being answered.
+    idempotency_wait_seconds: Annotated[float, Field(gt=0, le=60)] = 5.0
+
     # Continuous batching: rows that arrive while a model is busy go into its next call, up to
     # this many rows per call. A request larger than this is one call of its own.
     batch_max_size: PositiveInt = 64

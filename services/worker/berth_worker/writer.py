@@ -2,13 +2,18 @@
 
 The fast path is one COPY per batch into a temporary staging table, then one
 `INSERT ... SELECT ... ON CONFLICT DO NOTHING` from it into `predictions`, committed together with
-the dead letters of malformed entries. COPY is the cheapest way into PostgreSQL for both
-processes: no statement to build or parse per row, and PostgreSQL parses each chunk of rows while
-the writer formats the next. The staging step keeps the insert idempotent, which a COPY straight
-into the table would not be. Only when the database refuses the batch for something in the data
-does the writer fall back to one transaction per entry, so that a single bad entry cannot hold up
-the others. Connection failures are not handled here: they propagate, nothing is acknowledged,
-and the consumer retries the whole batch.
+the dead letters of malformed entries. A batch holding records of requests that their clients
+named (X-Request-ID, an idempotency key) is also checked against what the ledger holds: a record
+whose request id is stored, or first in the batch, for a different request goes to
+`ledger_conflicts` instead, never over the first request's rows and never nowhere.
+
+COPY is the cheapest way into PostgreSQL for both processes: no statement to build or parse per
+row, and PostgreSQL parses each chunk of rows while the writer formats the next. The staging step
+keeps the insert idempotent, which a COPY straight into the table would not be. Only when the
+database refuses the batch for something in the data does the writer fall back to one
+transaction per entry, so that a single bad entry cannot hold up the others. Connection failures
+are not handled here: they propagate, nothing is acknowledged, and the consumer retries the whole
+batch.
 """
 
 from __future__ import annotations
@@ -24,7 +29,7 @@ from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.exc import DataError, DBAPIError, IntegrityError
 
 from berth_common.ledger import MalformedEntry, PredictionRecord, decode_entry, raw_entry_text
-from berth_common.tables import LedgerDeadLetter, predictions
+from berth_common.tables import LedgerDeadLetter, ledger_conflicts, predictions
 
 log = logging.getLogger(__name__)
 
@@ -39,18 +44,59 @@ STAGING_TABLE = "berth_predictions_staging"
 _COLUMN_LIST = ", ".join(RECORD_COLUMNS)
 # Session-local, created by each connection's first batch (and again after a rollback undid
 # that), emptied by every commit. CREATE TABLE AS takes the column types of the table and nothing
-# else, so a value the table cannot hold is refused by the COPY, with the type's own error. (The
-# statements are put together from the constants above only, never from data.)
+# else, so a value the table cannot hold is refused by the COPY, with the type's own error; the
+# ordinal keeps the order of the records in the batch. (The statements are put together from the
+# constants above only, never from data.)
 _CREATE_STAGING = (
     f"CREATE TEMPORARY TABLE IF NOT EXISTS {STAGING_TABLE} ON COMMIT DELETE ROWS AS "  # noqa: S608
-    f"SELECT {_COLUMN_LIST} FROM {predictions.name} WITH NO DATA"
+    f"SELECT {_COLUMN_LIST}, 0::integer AS ordinal FROM {predictions.name} WITH NO DATA"
 )
-_COPY_STAGING = f"COPY {STAGING_TABLE} ({_COLUMN_LIST}) FROM STDIN"
+_COPY_STAGING = f"COPY {STAGING_TABLE} ({_COLUMN_LIST}, ordinal) FROM STDIN"
 _INSERT_FROM_STAGING = (
     f"INSERT INTO {predictions.name} ({_COLUMN_LIST}) "  # noqa: S608
     f"SELECT {_COLUMN_LIST} FROM {STAGING_TABLE} "
     "ON CONFLICT (request_id, row_index) DO NOTHING"
 )
+# For a batch with named requests. A named request's rows belong to the request the ledger holds
+# under its id or, when it holds none, to the first request in the batch with that id; a record
+# with another fingerprint is a conflict. Rows of requests Berth named are never checked: their
+# ids are random. Gives the rows inserted and the conflicts kept.
+_CONFLICT_COLUMNS = f"{_COLUMN_LIST}, stored_request_hash"
+_INSERT_CHECKED = f"""
+WITH named AS (
+    SELECT DISTINCT ON (s.request_id) s.request_id, s.request_hash AS first_hash,
+           stored.found, stored.stored_hash
+    FROM {STAGING_TABLE} s
+    LEFT JOIN LATERAL (
+        SELECT true AS found, p.request_hash AS stored_hash
+        FROM {predictions.name} p WHERE p.request_id = s.request_id LIMIT 1
+    ) stored ON true
+    WHERE s.request_hash IS NOT NULL
+    ORDER BY s.request_id, s.ordinal
+),
+checked AS (
+    SELECT s.*, n.stored_hash AS stored_request_hash,
+           COALESCE(s.request_hash IS NOT NULL AND n.request_id IS NOT NULL
+                    AND s.request_hash IS DISTINCT FROM
+                        (CASE WHEN n.found THEN n.stored_hash ELSE n.first_hash END),
+                    false) AS conflicting
+    FROM {STAGING_TABLE} s LEFT JOIN named n USING (request_id)
+),
+conflicts AS (
+    INSERT INTO {ledger_conflicts.name} ({_CONFLICT_COLUMNS})
+    SELECT {_CONFLICT_COLUMNS} FROM checked WHERE conflicting
+    ON CONFLICT (request_id, row_index, request_hash) DO NOTHING
+    RETURNING request_id
+),
+inserted AS (
+    INSERT INTO {predictions.name} ({_COLUMN_LIST})
+    SELECT {_COLUMN_LIST} FROM checked WHERE NOT conflicting
+    ON CONFLICT (request_id, row_index) DO NOTHING
+    RETURNING 1
+)
+SELECT (SELECT count(*) FROM inserted), (SELECT count(*) FROM conflicts),
+       (SELECT array_agg(DISTINCT request_id) FROM conflicts)
+"""  # noqa: S608
 # COPY's text format: a tab between columns, a newline after each row, \N for NULL; these four
 # characters must be written as backslash escapes wherever they occur inside a value.
 _COPY_ESCAPES = str.maketrans({"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r"})
@@ -77,6 +123,8 @@ class StoreResult:
     # Not written and not dead-lettered yet: leave them pending so they are delivered again.
     deferred: tuple[str, ...] = ()
     rows_inserted: int = 0
+    # Records kept in ledger_conflicts: their request id stands for a different request.
+    rows_conflicting: int = 0
 
     @property
     def ackable(self) -> tuple[str, ...]:
@@ -119,7 +167,9 @@ class LedgerWriter:
             return StoreResult()
         try:
             with self._engine.begin() as connection:
-                rows = _insert_records(connection, [r for _, records in decoded for r in records])
+                rows, conflicts = _insert_records(
+                    connection, [r for _, records in decoded for r in records]
+                )
                 _insert_dead_letters(connection, dead)
         except DATA_ERRORS as exc:
             log.warning(
@@ -132,6 +182,7 @@ class LedgerWriter:
             stored=tuple(entry.stream_id for entry, _ in decoded),
             dead_lettered=tuple(letter.stream_id for letter in dead),
             rows_inserted=rows,
+            rows_conflicting=conflicts,
         )
 
     def _store_one_at_a_time(
@@ -141,11 +192,13 @@ class LedgerWriter:
     ) -> StoreResult:
         stored: list[str] = []
         deferred: list[str] = []
-        rows = 0
+        rows = conflicts = 0
         for entry, records in decoded:
             try:
                 with self._engine.begin() as connection:
-                    rows += _insert_records(connection, records)
+                    inserted, conflicting = _insert_records(connection, records)
+                rows += inserted
+                conflicts += conflicting
             except DATA_ERRORS as exc:
                 reason = _describe(exc)
                 if entry.delivery_count >= self._max_deliveries:
@@ -180,6 +233,7 @@ class LedgerWriter:
             dead_lettered=tuple(letter.stream_id for letter in dead),
             deferred=tuple(deferred),
             rows_inserted=rows,
+            rows_conflicting=conflicts,
         )
 
 
@@ -189,16 +243,28 @@ def _decode(entry: StreamEntry) -> list[PredictionRecord]:
     return decode_entry(entry.fields)
 
 
-def _insert_records(connection: Connection, records: list[PredictionRecord]) -> int:
-    """Inserts the records that are not stored yet and returns how many that was."""
+def _insert_records(connection: Connection, records: list[PredictionRecord]) -> tuple[int, int]:
+    """Inserts the records that are not stored yet: how many that was, and how many conflicted
+    with the request their id stands for (kept in ledger_conflicts)."""
     if not records:
-        return 0
+        return 0, 0
     connection.exec_driver_sql(_CREATE_STAGING)
     _copy(connection, _COPY_STAGING, _CopySource(records))
-    return connection.exec_driver_sql(_INSERT_FROM_STAGING).rowcount
+    if not any(record.request_hash is not None for record in records):
+        return connection.exec_driver_sql(_INSERT_FROM_STAGING).rowcount, 0
+    inserted, conflicts, request_ids = connection.exec_driver_sql(_INSERT_CHECKED).one()
+    if conflicts:
+        log.error(
+            "%d records reuse the request id of a different request and were kept in %s, not "
+            "stored: request ids %s",
+            conflicts,
+            ledger_conflicts.name,
+            ", ".join(sorted(request_ids)[:20]),
+        )
+    return int(inserted), int(conflicts)
 
 
-def _copy_line(record: PredictionRecord) -> str:
+def _copy_line(record: PredictionRecord, ordinal: int) -> str:
     """One row of COPY text; JSON is written by json.dumps, as SQLAlchemy writes it for JSONB."""
     # An absent probabilities is SQL NULL, so that `probabilities IS NULL` finds it.
     probabilities = _COPY_NULL if record.probabilities is None else _json(record.probabilities)
@@ -213,6 +279,8 @@ def _copy_line(record: PredictionRecord) -> str:
         "t" if record.cached else "f",
         repr(record.latency_ms),
         record.served_at.isoformat(),
+        _COPY_NULL if record.request_hash is None else record.request_hash,
+        str(ordinal),
     )
     return "\t".join(values) + "\n"
 
@@ -234,7 +302,7 @@ class _CopySource:
     """
 
     def __init__(self, records: Sequence[PredictionRecord]) -> None:
-        self._records = iter(records)
+        self._records = enumerate(records)
         self.error: Exception | None = None
 
     def read(self, size: int) -> bytes:
@@ -243,8 +311,8 @@ class _CopySource:
         lines: list[str] = []
         length = 0
         try:
-            for record in self._records:
-                line = _copy_line(record)
+            for ordinal, record in self._records:
+                line = _copy_line(record, ordinal)
                 lines.append(line)
                 length += len(line)
                 if length >= size:

@@ -9,10 +9,10 @@ from fastapi import Depends, Request
 from redis.asyncio import Redis
 from sqlalchemy import Engine
 
+from berth_api.http.context import RequestContext, request_context
 from berth_api.ledger.gateway import RedisGateway
 from berth_api.serving.registry import ModelRegistry
 from berth_api.serving.service import PredictionService
-from berth_common.logconfig import request_id_var
 from berth_common.settings import ApiSettings
 
 
@@ -35,11 +35,9 @@ async def get_state(request: Request) -> ApiState:
     return state
 
 
-async def get_request_id() -> str:
-    request_id = request_id_var.get()
-    assert request_id is not None, "RequestIdMiddleware sets it for every HTTP request"
-    return request_id
+async def get_context(request: Request) -> RequestContext:
+    return request_context(request.scope)
 
 
 State = Annotated[ApiState, Depends(get_state)]
-RequestId = Annotated[str, Depends(get_request_id)]
+Context = Annotated[RequestContext, Depends(get_context)]

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from berth_api.errors import BodyTooLarge, problem_response
+from berth_api.errors import BodyTooLarge
+from berth_api.http.endpoints import error_style
+from berth_api.http.problems import send_problem
 
 
 class BodySizeLimitMiddleware:
@@ -46,15 +48,10 @@ class BodySizeLimitMiddleware:
         await self.app(scope, replaying(b"".join(chunks), receive), send)
 
     async def _refuse(self, scope: Scope, receive: Receive, send: Send) -> None:
-        response = problem_response(
-            BodyTooLarge.status,
-            BodyTooLarge.code,
-            BodyTooLarge.title,
-            f"the request body is larger than {self.max_bytes} bytes (MAX_BODY_BYTES)",
-            headers={"Connection": "close"},
-            path=scope["path"],
+        exc = BodyTooLarge(
+            f"the request body is larger than {self.max_bytes} bytes (MAX_BODY_BYTES)"
         )
-        await response(scope, receive, send)
+        await send_problem(send, exc, error_style(scope["path"]), {"Connection": "close"})
 
 
 def replaying(body: bytes, receive: Receive) -> Receive:

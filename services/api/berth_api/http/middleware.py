@@ -1,7 +1,11 @@
-"""Request ids: taken from `X-Request-ID` when the client sends a usable one, made otherwise.
+"""The outermost layer: request ids, the access log, and the answer to anything unexpected.
 
-Pure ASGI rather than BaseHTTPMiddleware: it runs on every request, and the id must be set in the
-logging context before anything else logs.
+The request id is taken from `X-Request-ID` when the client sends a usable one (it is then the
+request's idempotency key) and made otherwise; it is set in the logging context before anything
+else logs, and every response carries it. An exception nothing else handled is logged here, once,
+with that id, and answered with a 500 problem document that carries it too.
+
+Pure ASGI rather than BaseHTTPMiddleware: it runs on every request.
 """
 
 from __future__ import annotations
@@ -11,9 +15,13 @@ import re
 import time
 import uuid
 
+from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from berth_api.errors import problem_response
+from berth_api.errors import BerthError, InvalidRequestId, problem_body
+from berth_api.http.context import SCOPE_KEY, RequestContext
+from berth_api.http.endpoints import error_style
+from berth_api.http.problems import send_problem, send_raw_problem
 from berth_common.logconfig import request_id_var
 from berth_common.settings import AccessLog
 
@@ -22,6 +30,7 @@ HEADER = b"x-request-id"
 REQUEST_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$")
 
 access_logger = logging.getLogger("berth.access")
+logger = logging.getLogger(__name__)
 
 
 class RequestIdMiddleware:
@@ -33,17 +42,24 @@ class RequestIdMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        supplied = next((v for k, v in scope["headers"] if k == HEADER), None)
+        supplied = [v for k, v in scope["headers"] if k == HEADER]
         request_id = uuid.uuid4().hex
-        valid = True
-        if supplied is not None:
-            text = supplied.decode("latin-1")
-            valid = bool(REQUEST_ID_PATTERN.match(text))
-            if valid:
+        problem: BerthError | None = None
+        if len(supplied) > 1:
+            problem = InvalidRequestId("send at most one X-Request-ID header")
+        elif supplied:
+            text = supplied[0].decode("latin-1")
+            if REQUEST_ID_PATTERN.match(text):
                 request_id = text
+            else:
+                problem = InvalidRequestId(
+                    "X-Request-ID must be 1-128 characters: letters, digits, '.', '_', ':' or "
+                    "'-', starting with a letter or digit"
+                )
+        scope[SCOPE_KEY] = RequestContext(request_id, supplied=bool(supplied) and not problem)
         token = request_id_var.set(request_id)
         header = (HEADER, request_id.encode())
-        status = 500
+        status = 0
         started = time.perf_counter()
 
         async def send_with_id(message: Message) -> None:
@@ -54,24 +70,34 @@ class RequestIdMiddleware:
             await send(message)
 
         try:
-            if not valid:
-                response = problem_response(
-                    400,
-                    "invalid-request-id",
-                    "Invalid request id",
-                    "X-Request-ID must be 1-128 characters: letters, digits, '.', '_', ':' or '-'",
-                    path=scope["path"],
-                )
-                await response(scope, receive, send_with_id)
+            if problem is not None:
+                await send_problem(send_with_id, problem, error_style(scope["path"]))
             else:
                 await self.app(scope, receive, send_with_id)
+        except ClientDisconnect:
+            pass  # nobody left to answer
+        except Exception:
+            logger.exception("unhandled error on %s %s", scope["method"], scope["path"])
+            if status == 0:  # nothing sent yet: the client gets a 500 that names the request
+                body = problem_body(
+                    500,
+                    "internal-error",
+                    "Internal server error",
+                    "an unexpected error occurred; the log has it under this request id",
+                    style=error_style(scope["path"]),
+                )
+                await send_raw_problem(
+                    send_with_id, 500, body, error_style(scope["path"]), {"Connection": "close"}
+                )
+            # else the response is cut short; re-raising would only log the error a second time
         finally:
             if self.access_log == "all" or (self.access_log == "errors" and status >= 400):
+                # "-": the client went away before any answer
                 access_logger.info(
-                    "%s %s %d %.1fms",
+                    "%s %s %s %.1fms",
                     scope["method"],
                     scope["path"],
-                    status,
+                    status or "-",
                     (time.perf_counter() - started) * 1000,
                 )
             request_id_var.reset(token)

@@ -2,7 +2,9 @@
 
 `/v1/models/{name}/predict` takes any model's rows, so its schema cannot say which features a
 model wants. For each served model the document also lists `/v1/models/<name>/predict` with that
-model's feature names, types and an example row, so `/docs` alone is enough to call it.
+model's feature names, types and an example row, so `/docs` alone is enough to call it. That
+catalogue is for key holders only: with API_KEYS set, a request without a key gets the document
+without the per-model paths.
 """
 
 from __future__ import annotations
@@ -14,7 +16,19 @@ from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 
 from berth_api.bundles.bundle import BundleMetadata
-from berth_api.protocols.v2 import InferenceRequest
+from berth_api.http.endpoints import PredictionEndpoint, error_style
+from berth_api.http.problems import media_type
+from berth_api.protocols.kserve_v1 import KServeV1Door
+from berth_api.protocols.mlflow import MlflowDoor
+from berth_api.protocols.rest import RestDoor
+from berth_api.protocols.v2 import InferenceRequest, InferenceResponse, V2Door
+from berth_api.schemas import (
+    DefaultPredictRequest,
+    KServeV1Request,
+    PredictionsResponse,
+    PredictRequest,
+    PredictResponse,
+)
 from berth_api.serving.registry import ModelRegistry
 
 _JSON_TYPES = {"number": "number", "integer": "integer", "string": "string", "boolean": "boolean"}
@@ -22,7 +36,12 @@ _ZERO: dict[str, Any] = {"number": 0.0, "integer": 0, "string": "", "boolean": F
 GENERIC_PREDICT = "/v1/models/{name}/predict"
 
 
+# Request bodies the doors parse themselves, documented as components.
+_REQUEST_MODELS = (DefaultPredictRequest, PredictRequest, InferenceRequest, KServeV1Request)
+
+
 def build_openapi(app: FastAPI, registry: ModelRegistry | None) -> dict[str, Any]:
+    """The document; with a registry, also each served model's own predict path."""
     schema = get_openapi(
         title=app.title,
         version=app.version,
@@ -31,22 +50,79 @@ def build_openapi(app: FastAPI, registry: ModelRegistry | None) -> dict[str, Any
         routes=app.routes,
     )
     components = schema.setdefault("components", {}).setdefault("schemas", {})
-    # bodies that routes parse themselves (V2 binary tensors) are documented here
-    v2_request = InferenceRequest.model_json_schema(ref_template="#/components/schemas/{model}")
-    components.update(v2_request.pop("$defs", {}))
-    components["InferenceRequest"] = v2_request
+    for model in _REQUEST_MODELS:
+        document = model.model_json_schema(ref_template="#/components/schemas/{model}")
+        components.update(document.pop("$defs", {}))
+        components[model.__name__] = document
     if registry is not None:
         _add_model_paths(schema, registry)
     _document_problems(schema)
     return schema
 
 
+def documentation_for(endpoint: PredictionEndpoint) -> dict[str, Any]:
+    """FastAPI route arguments that document a declared prediction endpoint."""
+    door = endpoint.door
+    response_model: type[Any] = PredictionsResponse
+    body: dict[str, Any]
+    if isinstance(door, RestDoor):
+        model = "DefaultPredictRequest" if not endpoint.parameters else "PredictRequest"
+        body = {"application/json": {"schema": {"$ref": f"#/components/schemas/{model}"}}}
+        response_model = PredictResponse
+    elif isinstance(door, V2Door):
+        body = {"application/json": {"schema": {"$ref": "#/components/schemas/InferenceRequest"}}}
+        response_model = InferenceResponse
+    elif isinstance(door, KServeV1Door):
+        body = {"application/json": {"schema": {"$ref": "#/components/schemas/KServeV1Request"}}}
+    else:
+        assert isinstance(door, MlflowDoor)
+        body = MLFLOW_BODY
+    parameters = [
+        {"name": name, "in": "path", "required": True, "schema": {"type": "string"}}
+        for name in endpoint.parameters
+    ]
+    return {
+        "response_model": response_model,
+        "openapi_extra": {
+            "requestBody": {"required": True, "content": body},
+            "parameters": parameters,
+        },
+    }
+
+
+_IRIS = ["sepal_length", "sepal_width", "petal_length", "petal_width"]
+_IRIS_ROW = [5.1, 3.5, 1.4, 0.2]
+MLFLOW_BODY: dict[str, Any] = {
+    "application/json": {
+        "schema": {"type": "object"},
+        "examples": {
+            "dataframe_split": {
+                "value": {"dataframe_split": {"columns": _IRIS, "data": [_IRIS_ROW]}}
+            },
+            "dataframe_records": {
+                "value": {"dataframe_records": [dict(zip(_IRIS, _IRIS_ROW, strict=True))]}
+            },
+            "instances": {"value": {"instances": [_IRIS_ROW]}},
+            "inputs": {
+                "value": {"inputs": {n: [v] for n, v in zip(_IRIS, _IRIS_ROW, strict=True)}}
+            },
+        },
+    },
+    "text/csv": {
+        "schema": {"type": "string"},
+        "example": ",".join(_IRIS) + "\n" + ",".join(str(v) for v in _IRIS_ROW) + "\n",
+    },
+}
+
+
 # Errors any operation can answer: the middleware refuses oversized bodies (413) and unusable
 # request ids (400) everywhere, and every error is a problem document.
 _PROBLEM_STATUSES = {
-    400: "Malformed request (body or X-Request-ID)",
+    400: "Malformed request (body, headers or X-Request-ID)",
     401: "Missing or wrong API key (when API_KEYS is set)",
     404: "Unknown model, version, request id or route",
+    408: "The request did not arrive in time (REQUEST_*_TIMEOUT_SECONDS)",
+    409: "X-Request-ID already used for another request, or that request is still running",
     413: "Request body larger than MAX_BODY_BYTES",
     415: "Unsupported content type",
     422: "Invalid input; `errors` names each offending field",
@@ -56,8 +132,8 @@ _PROBLEM_STATUSES = {
 PROBLEM_SCHEMA: dict[str, Any] = {
     "type": "object",
     "title": "Problem",
-    "description": "RFC 9457 problem details; /v2 paths add `error`, /invocations "
-    "`error_code` and `message`.",
+    "description": "RFC 9457 problem details; /v2 and :predict paths add `error`, "
+    "/invocations `error_code` and `message`.",
     "required": ["type", "title", "status", "detail"],
     "properties": {
         "type": {"type": "string"},
@@ -83,8 +159,9 @@ PROBLEM_SCHEMA: dict[str, Any] = {
 def _document_problems(schema: dict[str, Any]) -> None:
     components = schema["components"]["schemas"]
     components["Problem"] = PROBLEM_SCHEMA
-    problem = {"application/problem+json": {"schema": {"$ref": "#/components/schemas/Problem"}}}
-    for operations in schema["paths"].values():
+    reference = {"schema": {"$ref": "#/components/schemas/Problem"}}
+    for path, operations in schema["paths"].items():
+        problem = {media_type(error_style(path)): reference}
         for operation in operations.values():
             responses = operation.setdefault("responses", {})
             for status, description in _PROBLEM_STATUSES.items():

@@ -1,5 +1,5 @@
-"""Everything the request path asks of Redis: cache reads, and for each request the ledger
-append, the cache writes and the served-row count.
+"""Everything the request path asks of Redis: cache reads and request-id claims, and for each
+request the ledger append, the cache writes, the served-row count and the answer kept for its id.
 
 All of it goes through one pipeline at a time per process, continuously batched (`coalesce`):
 whatever requests queued while the last round trip was out (cache reads of some, records of
@@ -35,6 +35,7 @@ from berth_api.coalesce import Coalescer
 from berth_api.errors import LedgerUnavailable
 from berth_api.ledger.spool import ClaimedSegment, LedgerSpool
 from berth_api.serving.cache import decode_output, encode_output
+from berth_api.serving.idempotency import PENDING_TTL_SECONDS, Claim, ClaimRecord, ClaimState
 from berth_api.serving.predictor import ModelOutput
 from berth_common.keys import RedisKeys
 from berth_common.ledger import MalformedEntry, PredictionRecord, decode_entry, encode_entry
@@ -50,16 +51,46 @@ MAX_OPS_PER_ROUND_TRIP = 256
 @dataclass(frozen=True, slots=True)
 class _CacheRead:
     keys: list[str]
+    claim: Claim | None = None
 
 
 @dataclass(frozen=True, slots=True)
 class _Record:
     records: list[PredictionRecord]
     new_outputs: dict[str, ModelOutput]
+    completion: Completion | None = None
 
 
-# what a round trip gives each request: cached values (None: a miss), or whether it was queued
-_Answer = list[ModelOutput | None] | bool
+@dataclass(frozen=True, slots=True)
+class Completion:
+    """The answer kept for a request id, in place of its pending claim."""
+
+    key: str
+    value: str
+    ttl_seconds: int
+
+
+@dataclass(frozen=True, slots=True)
+class Lookup:
+    """What a request's first round trip found: cached outputs (None: a miss), and for a claimed
+    request id whether this request owns it, or what another request left under it."""
+
+    outputs: list[ModelOutput | None]
+    # Redis was asked about the id (False: unreachable, the request goes on unchecked).
+    claim_checked: bool = False
+    # Another request's claim on the id; None when this request now owns it.
+    held_by: ClaimRecord | None = None
+
+
+# what a round trip gives each request: a Lookup, or whether its record was queued
+_Answer = Lookup | bool
+# Deletes a claim only while it is still the pending claim of the request that made it.
+_RELEASE_SCRIPT = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('DEL', KEYS[1])
+end
+return 0
+"""
 
 
 class RedisGateway:
@@ -94,37 +125,69 @@ class RedisGateway:
     def redis_available(self) -> bool:
         return self._healthy
 
-    async def cached_outputs(self, keys: list[str]) -> list[ModelOutput | None]:
+    async def lookup(self, keys: list[str], claim: Claim | None = None) -> Lookup:
+        """Cached outputs for `keys` and, with a claim, an attempt to own its request id."""
         if not self._healthy:
-            return [None] * len(keys)
-        answer = await self._round_trips.submit(_CacheRead(keys))
-        return [None] * len(keys) if isinstance(answer, bool) else answer
+            return Lookup([None] * len(keys))
+        answer = await self._round_trips.submit(_CacheRead(keys, claim))
+        return answer if isinstance(answer, Lookup) else Lookup([None] * len(keys))
 
     async def record(
-        self, records: list[PredictionRecord], new_outputs: dict[str, ModelOutput]
+        self,
+        records: list[PredictionRecord],
+        new_outputs: dict[str, ModelOutput],
+        completion: Completion | None = None,
     ) -> None:
         """Keeps the request's records in the stream, or else in the spool, or raises."""
         if self._healthy:
-            await self._round_trips.submit(_Record(records, new_outputs))
+            await self._round_trips.submit(_Record(records, new_outputs, completion))
             return
         await self._spool(encode_entry(records), records[0].request_id)
 
+    async def claim_record(self, key: str) -> ClaimRecord | None:
+        """What another request keeps under a request id now (None: nothing, it was released).
+        Raises RedisError when Redis cannot be asked."""
+        raw = await self._client.get(key)
+        return None if raw is None else ClaimRecord.parse(raw)
+
+    async def release(self, claim: Claim) -> None:
+        """Gives up a claim whose request was not answered, so that a retry can own the id."""
+        try:
+            await self._client.eval(_RELEASE_SCRIPT, 1, claim.key, claim.pending_value)
+        except (RedisError, OSError) as exc:
+            # the claim expires by itself within PENDING_TTL_SECONDS
+            logger.warning("could not release request id claim %s: %r", claim.key, exc)
+
     async def _round_trip(self, ops: list[_CacheRead | _Record]) -> list[_Answer | BaseException]:
-        """One pipeline for every queued request: one MGET for all their cache reads, one
-        stream entry holding all their records, their cache writes, and the served counters."""
+        """One pipeline for every queued request: one MGET for all their cache reads, their
+        request-id claims, one stream entry holding all their records, their cache writes,
+        their answers kept for their ids, and the served counters."""
         reads = [op for op in ops if isinstance(op, _CacheRead)]
         writes = [op for op in ops if isinstance(op, _Record)]
         keys = [key for op in reads for key in op.keys]
         records = [record for op in writes for record in op.records]
         fields = encode_entry(records) if records else {}
         pipe = self._client.pipeline(transaction=False)
+        mget_at = xadd_at = None
+        claims_at: dict[int, int] = {}
         if keys:
+            mget_at = len(pipe)
             pipe.mget(keys)
+        for index, op in enumerate(ops):
+            if isinstance(op, _CacheRead) and op.claim is not None:
+                claims_at[index] = len(pipe)
+                pipe.set(
+                    op.claim.key, op.claim.pending_value, nx=True, get=True, ex=PENDING_TTL_SECONDS
+                )
         if records:
+            xadd_at = len(pipe)
             pipe.xadd(self._stream, fields)  # type: ignore[arg-type]
             for op in writes:
                 for key, output in op.new_outputs.items():
                     pipe.set(key, encode_output(output), ex=self._ttl)
+                if op.completion is not None:
+                    completion = op.completion
+                    pipe.set(completion.key, completion.value, ex=completion.ttl_seconds)
             self._count_served(pipe, records)
         results: list[Any] = []
         try:
@@ -132,18 +195,16 @@ class RedisGateway:
         except (RedisError, OSError) as exc:
             self._failed("round trip", exc)
         values: list[bytes | None] | None = None
-        if keys and results:
-            if isinstance(results[0], Exception):
-                self._failed("cache read", results[0])
+        if mget_at is not None and results:
+            if isinstance(results[mget_at], Exception):
+                self._failed("cache read", results[mget_at])
             else:
-                values = list(results[0])
+                values = list(results[mget_at])
         outcome: bool | BaseException = True
-        appended = (
-            bool(records) and bool(results) and not isinstance(results[1 if keys else 0], Exception)
-        )
+        appended = xadd_at is not None and bool(results) and not _failed(results[xadd_at])
         if records and not appended:
-            if results:
-                self._failed("ledger append", results[1 if keys else 0])
+            if results and xadd_at is not None:
+                self._failed("ledger append", results[xadd_at])
             try:
                 await self._spool(fields, records[0].request_id)
             except LedgerUnavailable as exc:
@@ -152,15 +213,34 @@ class RedisGateway:
             self._recovered()
         answers: list[_Answer | BaseException] = []
         offset = 0
-        for item in ops:
+        for index, item in enumerate(ops):
             if isinstance(item, _Record):
                 answers.append(outcome)
                 continue
             count = len(item.keys)
             part = values[offset : offset + count] if values is not None else [None] * count
             offset += count
-            answers.append([decode_output(value) for value in part])
+            outputs = [decode_output(value) for value in part]
+            answers.append(self._claim_outcome(outputs, results, claims_at.get(index)))
         return answers
+
+    def _claim_outcome(
+        self, outputs: list[ModelOutput | None], results: list[Any], at: int | None
+    ) -> Lookup:
+        if at is None or not results:
+            return Lookup(outputs)
+        previous = results[at]
+        if _failed(previous):
+            self._failed("request id claim", previous)
+            return Lookup(outputs)
+        if previous is None:
+            return Lookup(outputs, claim_checked=True)
+        held_by = ClaimRecord.parse(previous)
+        if held_by is None:
+            # not a value Berth writes: say so, and treat the id as taken by an unknown request
+            logger.warning("request id key holds a value Berth did not write; refusing the id")
+            held_by = ClaimRecord("", ClaimState.DONE, "")
+        return Lookup(outputs, claim_checked=True, held_by=held_by)
 
     async def _spool(self, fields: dict[str, str], request_id: str) -> None:
         try:
@@ -244,6 +324,10 @@ class RedisGateway:
         if not self._healthy:
             logger.info("redis reachable again")
         self._healthy = True
+
+
+def _failed(result: Any) -> bool:
+    return isinstance(result, Exception)
 
 
 def _entries_of(segment: ClaimedSegment) -> list[dict[str, str]]:

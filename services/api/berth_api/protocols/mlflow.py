@@ -9,39 +9,44 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 from typing import Any
 
+import orjson
+
 from berth_api.bundles.bundle import BundleMetadata
-from berth_api.errors import BerthError, FieldError, InvalidInput, MalformedRequest
+from berth_api.errors import (
+    ErrorStyle,
+    FieldError,
+    InvalidInput,
+    MalformedRequest,
+    UnsupportedMediaType,
+)
+from berth_api.protocols.door import DoorRequest, Limits, Parsed, rows_from_columns
+from berth_api.protocols.json_body import is_json, load_json
 from berth_api.schemas import PredictResponse
 
 FORMATS = ("dataframe_split", "dataframe_records", "instances", "inputs")
 
 
-class UnsupportedMediaType(BerthError):
-    status = 415
-    code = "unsupported-media-type"
-    title = "Unsupported media type"
+class MlflowDoor:
+    style = ErrorStyle.MLFLOW
+
+    def parse(self, request: DoorRequest, metadata: BundleMetadata, limits: Limits) -> Parsed:
+        return Parsed(instances_from_body(metadata, request.body, request.content_type))
+
+    def render(self, answer: PredictResponse, parsed: Parsed) -> bytes:
+        return orjson.dumps({"predictions": [row.label for row in answer.predictions]})
 
 
 def instances_from_body(metadata: BundleMetadata, body: bytes, content_type: str) -> list[Any]:
     media = content_type.split(";")[0].strip().lower()
     if media == "text/csv":
         return _from_csv(metadata, body)
-    if media in ("application/json", ""):
-        try:
-            document = json.loads(body)
-        except ValueError as exc:
-            raise MalformedRequest("the request body is not valid JSON") from exc
-        return _from_json(document)
+    if is_json(media):
+        return _from_json(load_json(body))
     raise UnsupportedMediaType(
-        f"content type {media!r} is not supported; send application/json or text/csv"
+        f"content type {media[:100]!r} is not supported; send application/json or text/csv"
     )
-
-
-def response_body(prediction: PredictResponse) -> dict[str, list[Any]]:
-    return {"predictions": [row.label for row in prediction.predictions]}
 
 
 def _from_json(document: Any) -> list[Any]:
@@ -63,7 +68,7 @@ def _from_json(document: Any) -> list[Any]:
     if key == "dataframe_split":
         return _from_split(value)
     if key == "inputs" and isinstance(value, dict):
-        return _from_columns(value, key)
+        return rows_from_columns(value, key)
     if not isinstance(value, list):
         raise InvalidInput(f"{key} must be a list of rows", [FieldError(key, "not a list")])
     return value
@@ -93,21 +98,6 @@ def _from_split(value: Any) -> list[Any]:
             )
         rows.append(dict(zip(columns, row, strict=True)))
     return rows
-
-
-def _from_columns(value: dict[str, Any], key: str) -> list[Any]:
-    if not all(isinstance(column, list) for column in value.values()):
-        raise InvalidInput(
-            f"{key} as an object maps each feature to a list of values",
-            [FieldError(key, "columns must be lists")],
-        )
-    lengths = {len(column) for column in value.values()}
-    if len(lengths) != 1:
-        raise InvalidInput(
-            f"every column of {key} must have the same length", [FieldError(key, "ragged")]
-        )
-    (count,) = lengths
-    return [{name: column[r] for name, column in value.items()} for r in range(count)]
 
 
 def _from_csv(metadata: BundleMetadata, body: bytes) -> list[Any]:

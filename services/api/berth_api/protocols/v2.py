@@ -4,11 +4,17 @@ A request carries either one 2-D input of shape [rows, features] or one input pe
 after it, of shape [rows] or [rows, 1]. The answer has a `label` output and, for models with
 predict_proba, a `probabilities` output of shape [rows, classes] in the order of the model's
 `classes`.
+
+Every tensor is checked against its declared datatype and shape, and every shape against the row
+limit, before a row is built: a shape can describe far more rows than the body holds (`[N, 0]`
+with no data), and values must be what the datatype says (a BOOL holds booleans, a UINT8 fits in
+eight bits), never silently converted or wrapped.
 """
 
 from __future__ import annotations
 
 import math
+import re
 import struct
 from typing import Any, Literal
 
@@ -16,7 +22,8 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from berth_api.bundles.bundle import BundleMetadata, FeatureType, Label
-from berth_api.errors import FieldError, InvalidInput, MalformedRequest, invalid_body
+from berth_api.errors import ErrorStyle, FieldError, InvalidInput, MalformedRequest, invalid_body
+from berth_api.protocols.door import DoorRequest, Limits, Parsed
 from berth_api.schemas import PredictResponse
 
 Datatype = Literal[
@@ -40,6 +47,7 @@ _FEATURE_DATATYPES: dict[FeatureType, Datatype] = {
     "string": "BYTES",
     "boolean": "BOOL",
 }
+MATRIX_INPUT = "input-0"
 LABEL_OUTPUT = "label"
 PROBABILITIES_OUTPUT = "probabilities"
 
@@ -120,8 +128,9 @@ class ModelMetadata(BaseModel):
 # Triton's binary tensor extension, which its clients use by default: a JSON header of the length
 # given in this HTTP header, then each input's raw little-endian bytes in input order.
 BINARY_HEADER = "inference-header-content-length"
+_BYTE_COUNT = re.compile(r"^[0-9]{1,15}$")
 _NUMPY_TYPES: dict[str, str] = {
-    "BOOL": "?",
+    "BOOL": "u1",
     "UINT8": "<u1",
     "UINT16": "<u2",
     "UINT32": "<u4",
@@ -134,13 +143,33 @@ _NUMPY_TYPES: dict[str, str] = {
     "FP32": "<f4",
     "FP64": "<f8",
 }
+# The values each integer datatype can hold, for JSON data (binary data holds nothing else).
+_INTEGER_RANGES: dict[str, tuple[int, int]] = {
+    name: (int(np.iinfo(code).min), int(np.iinfo(code).max))
+    for name, code in _NUMPY_TYPES.items()
+    if name.startswith(("INT", "UINT"))
+}
+
+
+class V2Door:
+    style = ErrorStyle.V2
+
+    def parse(self, request: DoorRequest, metadata: BundleMetadata, limits: Limits) -> Parsed:
+        inference = parse_request(request.body, request.inference_header_length)
+        check_requested_outputs(inference, metadata)
+        instances = instances_from_request(metadata, inference, limits)
+        return Parsed(instances, (inference, metadata))
+
+    def render(self, answer: PredictResponse, parsed: Parsed) -> bytes:
+        inference, metadata = parsed.context
+        return response_from_prediction(answer, metadata, inference).model_dump_json().encode()
 
 
 def parse_request(body: bytes, json_length: str | None) -> InferenceRequest:
     """An inference request from a plain JSON body or one using the binary tensor extension."""
     header, blobs = body, b""
     if json_length is not None:
-        if not json_length.isdigit() or int(json_length) > len(body):
+        if not _BYTE_COUNT.match(json_length) or int(json_length) > len(body):
             raise MalformedRequest(f"{BINARY_HEADER} must be a byte count within the body")
         header, blobs = body[: int(json_length)], body[int(json_length) :]
     try:
@@ -152,7 +181,12 @@ def parse_request(body: bytes, json_length: str | None) -> InferenceRequest:
         size = (tensor.parameters or {}).get("binary_data_size")
         if size is None:
             continue
-        if not isinstance(size, int) or size < 0 or offset + size > len(blobs):
+        if (
+            isinstance(size, bool)
+            or not isinstance(size, int)
+            or size < 0
+            or offset + size > len(blobs)
+        ):
             raise MalformedRequest(f"inputs[{i}]: binary_data_size does not fit the body")
         tensor.data = _decode_binary(tensor, blobs[offset : offset + size], f"inputs[{i}]")
         offset += size
@@ -163,38 +197,78 @@ def parse_request(body: bytes, json_length: str | None) -> InferenceRequest:
 
 def _decode_binary(tensor: TensorInput, blob: bytes, where: str) -> list[Any]:
     if tensor.datatype == "BYTES":
-        values: list[Any] = []
-        position = 0
-        while position < len(blob):
-            if position + 4 > len(blob):
-                raise MalformedRequest(f"{where}: truncated BYTES element")
-            (length,) = struct.unpack_from("<I", blob, position)
-            position += 4
-            values.append(blob[position : position + length].decode("utf-8", errors="replace"))
-            position += length
-        return values
+        return _decode_bytes(blob, where)
     dtype = np.dtype(_NUMPY_TYPES[tensor.datatype])
     if len(blob) % dtype.itemsize:
-        raise MalformedRequest(
-            f"{where}: {len(blob)} bytes is not a whole number of {tensor.datatype}"
+        raise InvalidInput(
+            f"{where}: {len(blob)} bytes is not a whole number of {tensor.datatype}",
+            [FieldError(f"{where}.data", "binary data of the wrong length")],
         )
     array = np.frombuffer(blob, dtype=dtype)
-    return (
-        [bool(v) for v in array]
-        if dtype.kind == "b"
-        else array.astype(np.float64 if dtype.kind == "f" else np.int64).tolist()
-    )
+    if tensor.datatype == "BOOL":
+        if array.size and int(array.max()) > 1:
+            raise InvalidInput(
+                f"{where}: a BOOL element is one byte, 0 or 1",
+                [FieldError(f"{where}.data", "BOOL bytes must be 0 or 1")],
+            )
+        return [bool(v) for v in array.tolist()]
+    # tolist() gives Python ints and floats: every UINT64 is the number it is, never wrapped
+    values: list[Any] = array.astype(np.float64).tolist() if dtype.kind == "f" else array.tolist()
+    return values
+
+
+def _decode_bytes(blob: bytes, where: str) -> list[Any]:
+    """Triton's BYTES layout: each element a 4-byte little-endian length, then its bytes."""
+    values: list[Any] = []
+    position = 0
+    while position < len(blob):
+        index = len(values)
+        if position + 4 > len(blob):
+            raise InvalidInput(
+                f"{where}: element {index} of the BYTES data is cut off in its length prefix",
+                [FieldError(f"{where}.data", "truncated BYTES element")],
+            )
+        (length,) = struct.unpack_from("<I", blob, position)
+        position += 4
+        if position + length > len(blob):
+            raise InvalidInput(
+                f"{where}: element {index} of the BYTES data claims {length} bytes, "
+                f"{len(blob) - position} remain",
+                [FieldError(f"{where}.data", "BYTES element longer than the data")],
+            )
+        try:
+            values.append(blob[position : position + length].decode("utf-8"))
+        except UnicodeDecodeError:
+            raise InvalidInput(
+                f"{where}: element {index} of the BYTES data is not UTF-8 text",
+                [FieldError(f"{where}.data", "not UTF-8")],
+            ) from None
+        position += length
+    return values
 
 
 def model_metadata(metadata: BundleMetadata, versions: list[str]) -> ModelMetadata:
+    """One valid way to call the model, so a client that builds one tensor per listed input
+    succeeds: the matrix `input-0` when every feature is a float, one input per feature
+    otherwise. The other form is still accepted."""
     n = len(metadata.features)
-    numeric = all(f.type in ("number", "integer") for f in metadata.features)
-    inputs = [
-        TensorMetadata(name=f.name, datatype=_FEATURE_DATATYPES[f.type], shape=[-1])
-        for f in metadata.features
-    ]
-    if numeric:
-        inputs.insert(0, TensorMetadata(name="input-0", datatype="FP64", shape=[-1, n]))
+    if all(f.type == "number" for f in metadata.features):
+        inputs = [TensorMetadata(name=MATRIX_INPUT, datatype="FP64", shape=[-1, n])]
+    else:
+        inputs = [
+            TensorMetadata(name=f.name, datatype=_FEATURE_DATATYPES[f.type], shape=[-1])
+            for f in metadata.features
+        ]
+    return ModelMetadata(
+        name=metadata.name,
+        versions=versions,
+        platform=f"sklearn-{metadata.sklearn_version}",
+        inputs=inputs,
+        outputs=output_metadata(metadata),
+    )
+
+
+def output_metadata(metadata: BundleMetadata) -> list[TensorMetadata]:
     outputs = [
         TensorMetadata(name=LABEL_OUTPUT, datatype=_label_datatype(metadata.classes), shape=[-1])
     ]
@@ -204,21 +278,30 @@ def model_metadata(metadata: BundleMetadata, versions: list[str]) -> ModelMetada
                 name=PROBABILITIES_OUTPUT, datatype="FP64", shape=[-1, len(metadata.classes)]
             )
         )
-    return ModelMetadata(
-        name=metadata.name,
-        versions=versions,
-        platform=f"sklearn-{metadata.sklearn_version}",
-        inputs=inputs,
-        outputs=outputs,
-    )
+    return outputs
 
 
-def instances_from_request(metadata: BundleMetadata, request: InferenceRequest) -> list[Any]:
+def check_requested_outputs(request: InferenceRequest, metadata: BundleMetadata) -> None:
+    if not request.outputs:
+        return
+    known = {o.name for o in output_metadata(metadata)}
+    missing = [o.name for o in request.outputs if o.name not in known]
+    if missing:
+        raise InvalidInput(
+            f"unknown outputs requested: {', '.join(repr(m[:64]) for m in missing)}; "
+            f"this model has {', '.join(sorted(known))}",
+            [FieldError("outputs", "unknown output name")],
+        )
+
+
+def instances_from_request(
+    metadata: BundleMetadata, request: InferenceRequest, limits: Limits
+) -> list[Any]:
     """Rows for PredictionService: lists for one 2-D input, objects for per-feature inputs."""
     names = set(metadata.feature_names)
     if len(request.inputs) == 1 and request.inputs[0].name not in names:
         tensor = request.inputs[0]
-        values = _flat(tensor, "inputs[0]")
+        values = _flat(tensor, "inputs[0]", limits)
         if len(tensor.shape) == 1:
             return [values]  # one row, given as a vector of feature values
         rows, width = tensor.shape
@@ -239,7 +322,7 @@ def instances_from_request(metadata: BundleMetadata, request: InferenceRequest) 
                 f"{where}: a per-feature input has shape [rows] or [rows, 1]",
                 [FieldError(f"{where}.shape", "must be [rows] or [rows, 1]")],
             )
-        columns[tensor.name] = _flat(tensor, where)
+        columns[tensor.name] = _flat(tensor, where, limits)
     lengths = {len(c) for c in columns.values()}
     if len(lengths) != 1:
         raise InvalidInput(
@@ -275,16 +358,8 @@ def response_from_prediction(
                 data=flat,
             )
         )
-    if request.outputs:
-        wanted = [o.name for o in request.outputs]
-        known = {o.name for o in outputs}
-        missing = [n for n in wanted if n not in known]
-        if missing:
-            raise InvalidInput(
-                f"unknown outputs requested: {', '.join(repr(m[:64]) for m in missing)}; "
-                f"this model has {', '.join(sorted(known))}",
-                [FieldError("outputs", "unknown output name")],
-            )
+    if request.outputs:  # checked against the model before it ran: see check_requested_outputs
+        wanted = {o.name for o in request.outputs}
         outputs = [o for o in outputs if o.name in wanted]
     return InferenceResponse(
         model_name=prediction.model.name,
@@ -298,26 +373,57 @@ def response_from_prediction(
     )
 
 
-def _flat(tensor: TensorInput, where: str) -> list[Any]:
-    values = _flatten(tensor.data)
+def _flat(tensor: TensorInput, where: str, limits: Limits) -> list[Any]:
+    """The tensor's values in row-major order, once its shape, size and datatype are checked."""
     if any(d < 0 for d in tensor.shape):
         raise InvalidInput(
             f"{where}: shape must not be negative", [FieldError(f"{where}.shape", "negative")]
         )
+    # Before anything is built: [N, 0] describes N empty rows with no data at all. (Any other
+    # shape needs its values in the body, whose size is limited already.)
+    if len(tensor.shape) == 2 and tensor.shape[0] > limits.max_rows:
+        raise InvalidInput(
+            f"{where}: shape {tensor.shape} describes more than {limits.max_rows} rows, "
+            "the most allowed per request",
+            [FieldError(f"{where}.shape", f"at most {limits.max_rows} rows")],
+        )
+    values = _flatten(tensor.data)
     expected = math.prod(tensor.shape)
     if len(values) != expected:
         raise InvalidInput(
             f"{where}: shape {tensor.shape} needs {expected} values, data holds {len(values)}",
             [FieldError(f"{where}.data", f"expected {expected} values, got {len(values)}")],
         )
-    if tensor.datatype == "BOOL":
-        return values
-    if tensor.datatype != "BYTES" and any(isinstance(v, str) for v in values):
-        raise InvalidInput(
-            f"{where}: datatype {tensor.datatype} holds numbers, not strings",
-            [FieldError(f"{where}.data", f"not {tensor.datatype}")],
-        )
+    _check_datatype(values, tensor.datatype, where)
     return values
+
+
+def _check_datatype(values: list[Any], datatype: str, where: str) -> None:
+    """Each JSON value must be one the datatype holds; nothing is converted to fit."""
+    if datatype == "BOOL":
+        if not all(isinstance(v, bool) for v in values):
+            _wrong_type(where, datatype, "true or false")
+        return
+    if datatype == "BYTES":
+        if not all(isinstance(v, str) for v in values):
+            _wrong_type(where, datatype, "strings")
+        return
+    if any(isinstance(v, str) for v in values):
+        _wrong_type(where, datatype, "numbers, not strings")
+    if any(isinstance(v, bool) or not isinstance(v, int | float) for v in values):
+        _wrong_type(where, datatype, "numbers")
+    bounds = _INTEGER_RANGES.get(datatype)
+    if bounds is not None:
+        low, high = bounds
+        if not all(isinstance(v, int) and low <= v <= high for v in values):
+            _wrong_type(where, datatype, f"integers from {low} to {high}")
+
+
+def _wrong_type(where: str, datatype: str, holds: str) -> None:
+    raise InvalidInput(
+        f"{where}: datatype {datatype} holds {holds}",
+        [FieldError(f"{where}.data", f"not {datatype}")],
+    )
 
 
 def _flatten(data: list[Any]) -> list[Any]:

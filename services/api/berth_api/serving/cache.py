@@ -16,10 +16,14 @@ from berth_api.serving.predictor import ModelOutput
 from berth_common.keys import RedisKeys
 
 
-def cache_key(keys: RedisKeys, model_name: str, model_version: str, row: list[Value]) -> str:
+def row_digest(row: list[Value]) -> str:
+    """A validated row's identity: equal for equal values, however the client spelled them."""
     canonical = json.dumps(row, separators=(",", ":"), ensure_ascii=False)
-    digest = hashlib.sha256(canonical.encode()).hexdigest()[:32]
-    return keys.cache(model_name, model_version, digest)
+    return hashlib.sha256(canonical.encode()).hexdigest()[:32]
+
+
+def cache_key(keys: RedisKeys, model_name: str, model_version: str, row: list[Value]) -> str:
+    return keys.cache(model_name, model_version, row_digest(row))
 
 
 def encode_output(output: ModelOutput) -> str:

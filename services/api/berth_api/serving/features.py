@@ -16,6 +16,8 @@ from berth_api.errors import FieldError, InvalidInput
 
 Value = str | int | float | bool
 MAX_REPORTED_ERRORS = 20
+# What an integer feature can hold: the models and the ONNX graphs compute in 64 bits.
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
 
 
 def rows_from_instances(
@@ -90,15 +92,24 @@ def _value(
         if isinstance(value, bool) or not isinstance(value, int | float):
             errors.append(FieldError(where, f"{spec.name} must be a number"))
             return 0.0
-        number = float(value)
+        try:
+            number = float(value)
+        except OverflowError:  # an integer written out with hundreds of digits
+            errors.append(
+                FieldError(where, f"{spec.name} is out of range for a number (at most ~1.8e308)")
+            )
+            return 0.0
         if not math.isfinite(number):
             errors.append(FieldError(where, f"{spec.name} must be a finite number"))
         return number
     if spec.type == "integer":
         if isinstance(value, float) and value.is_integer():
-            return int(value)
+            value = int(value)
         if isinstance(value, bool) or not isinstance(value, int):
             errors.append(FieldError(where, f"{spec.name} must be an integer"))
+            return 0
+        if not INT64_MIN <= value <= INT64_MAX:
+            errors.append(FieldError(where, f"{spec.name} is out of range for a 64-bit integer"))
             return 0
         return value
     if spec.type == "boolean":

@@ -1,45 +1,115 @@
 """The prediction data plane: validate, serve from cache or model, record, answer.
 
-Routes call `PredictionService.predict` and nothing else, so every door into the API goes through
-the same validation, cache and ledger path.
+Every door into the API calls `PredictionService.predict` and nothing else, so every one goes
+through the same validation, idempotency check, cache and ledger path.
 """
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import time
+import uuid
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
 
-from berth_api.ledger.gateway import RedisGateway
+from redis.exceptions import RedisError
+
+from berth_api.errors import IdempotencyConflict
+from berth_api.ledger.gateway import Completion, Lookup, RedisGateway
 from berth_api.schemas import ModelRef, PredictResponse, RowPrediction
-from berth_api.serving.cache import cache_key
+from berth_api.serving.cache import row_digest
 from berth_api.serving.features import rows_from_instances
+from berth_api.serving.idempotency import Claim, ClaimRecord, ClaimState, fingerprint
 from berth_api.serving.predictor import ModelOutput
 from berth_api.serving.registry import ServedModel
 from berth_common.keys import RedisKeys
 from berth_common.ledger import PredictionRecord
 
+logger = logging.getLogger(__name__)
+
+# How often a retry looks whether the first request with its id has been answered.
+CLAIM_POLL_SECONDS = 0.01
+
 
 class PredictionService:
     def __init__(
-        self, gateway: RedisGateway, keys: RedisKeys, max_rows: int, max_string_length: int
+        self,
+        gateway: RedisGateway,
+        keys: RedisKeys,
+        max_rows: int,
+        max_string_length: int,
+        *,
+        idempotency_ttl_seconds: int = 86_400,
+        idempotency_wait_seconds: float = 5.0,
     ) -> None:
         self._gateway = gateway
         self._keys = keys
         self._max_rows = max_rows
         self._max_string_length = max_string_length
+        self._idempotency_ttl = idempotency_ttl_seconds
+        self._idempotency_wait = idempotency_wait_seconds
 
     async def predict(
-        self, served: ServedModel, instances: Sequence[Any], request_id: str
+        self,
+        served: ServedModel,
+        instances: Sequence[Any],
+        request_id: str,
+        *,
+        idempotent: bool = False,
     ) -> PredictResponse:
+        """Answers the rows. With `idempotent` (the client named the request), the request id
+        stands for this request only: a retry of it gets the first answer, recorded once, and
+        another request with the id is refused with IdempotencyConflict."""
         started = time.perf_counter()
         metadata = served.bundle.metadata
         rows = rows_from_instances(
             metadata, instances, max_rows=self._max_rows, max_string_length=self._max_string_length
         )
-        keys = [cache_key(self._keys, metadata.name, metadata.version, row) for row in rows]
-        outputs = await self._gateway.cached_outputs(keys)
+        digests = [row_digest(row) for row in rows]
+        keys = [self._keys.cache(metadata.name, metadata.version, d) for d in digests]
+        claim = None
+        if idempotent:
+            claim = Claim(
+                self._keys.idempotency(request_id),
+                fingerprint(metadata.name, metadata.version, digests),
+                uuid.uuid4().hex,
+            )
+        lookup = await self._gateway.lookup(keys, claim)
+        if claim is not None and lookup.held_by is not None:
+            answer = await self._answer_of_first(claim, lookup.held_by, request_id)
+            if answer is not None:
+                return answer
+            lookup = await self._gateway.lookup(keys, claim)  # the first gave the id up
+            if lookup.held_by is not None:
+                raise _in_progress(request_id)
+        # Unchecked (Redis unreachable), the request is served all the same; its records carry
+        # the fingerprint, and the worker keeps a conflicting one apart.
+        owned = claim if claim is not None and lookup.claim_checked else None
+        request_hash = claim.fingerprint if claim is not None else None
+        try:
+            return await self._serve(
+                served, rows, keys, lookup, request_id, request_hash, owned, started
+            )
+        except BaseException:
+            if owned is not None:
+                await self._gateway.release(owned)
+            raise
+
+    async def _serve(
+        self,
+        served: ServedModel,
+        rows: list[list[Any]],
+        keys: list[str],
+        lookup: Lookup,
+        request_id: str,
+        request_hash: str | None,
+        claim: Claim | None,
+        started: float,
+    ) -> PredictResponse:
+        metadata = served.bundle.metadata
+        outputs = list(lookup.outputs)
         cached = [output is not None for output in outputs]
         misses = [i for i, output in enumerate(outputs) if output is None]
         fresh: dict[str, ModelOutput] = {}
@@ -64,11 +134,11 @@ class PredictionService:
                 cached=hit,
                 latency_ms=latency_ms,
                 served_at=served_at,
+                request_hash=request_hash,
             )
             for index, (row, output, hit) in enumerate(zip(rows, final, cached, strict=True))
         ]
-        await self._gateway.record(records, fresh)
-        return PredictResponse(
+        answer = PredictResponse(
             request_id=request_id,
             model=ModelRef(name=metadata.name, version=metadata.version),
             predictions=[
@@ -76,3 +146,42 @@ class PredictionService:
                 for o, hit in zip(final, cached, strict=True)
             ],
         )
+        completion = None
+        if claim is not None:
+            completion = Completion(
+                claim.key, claim.done_value(answer.model_dump_json()), self._idempotency_ttl
+            )
+        await self._gateway.record(records, fresh, completion)
+        return answer
+
+    async def _answer_of_first(
+        self, claim: Claim, held_by: ClaimRecord, request_id: str
+    ) -> PredictResponse | None:
+        """The answer of the first request with this id, once it has one; None if it gave the
+        id up unanswered (the caller claims it again)."""
+        deadline = time.monotonic() + self._idempotency_wait
+        record: ClaimRecord | None = held_by
+        while record is not None:
+            if record.fingerprint != claim.fingerprint:
+                logger.warning("request id %s refused: it was used for another request", request_id)
+                raise IdempotencyConflict(
+                    f"request id {request_id!r} was already used for a different request (another "
+                    "model, version or rows); a retry must send the same request, a new request "
+                    "a new id"
+                )
+            if record.state is ClaimState.DONE:
+                return PredictResponse.model_validate_json(record.payload)
+            if time.monotonic() >= deadline:
+                raise _in_progress(request_id)
+            await asyncio.sleep(CLAIM_POLL_SECONDS)
+            try:
+                record = await self._gateway.claim_record(claim.key)
+            except (RedisError, OSError):
+                raise _in_progress(request_id) from None
+        return None
+
+
+def _in_progress(request_id: str) -> IdempotencyConflict:
+    return IdempotencyConflict(
+        f"a request with id {request_id!r} is still being answered; retry it in a moment"
+    )

@@ -4,10 +4,9 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
-from berth_api.bundles.bundle import BundleMetadata
 from berth_api.errors import ModelNotFound, ModelNotReady
 from berth_api.http.deps import State
-from berth_api.schemas import ModelList, ModelSummary
+from berth_api.schemas import ModelDetails, ModelList, ModelSummary
 
 router = APIRouter(prefix="/v1/models", tags=["models"])
 
@@ -37,13 +36,14 @@ async def list_models(state: State) -> ModelList:
     return ModelList(models=summaries)
 
 
-@router.get("/{name}", response_model=BundleMetadata)
-async def get_model(name: str, state: State) -> BundleMetadata:
-    """The metadata of the version `name` resolves to: features, classes, metrics, versions."""
-    return state.registry.get(name).bundle.metadata
+@router.get("/{name}", response_model=ModelDetails)
+async def get_model(name: str, state: State) -> ModelDetails:
+    """The metadata of the version `name` resolves to: features, classes, metrics, versions.
+    `ready` is what TensorFlow Serving / KServe V1 clients ask this path for."""
+    return ModelDetails.of(state.registry.get(name).bundle.metadata)
 
 
-@router.get("/{name}/versions/{version}", response_model=BundleMetadata)
-async def get_model_version(name: str, version: str, state: State) -> BundleMetadata:
+@router.get("/{name}/versions/{version}", response_model=ModelDetails)
+async def get_model_version(name: str, version: str, state: State) -> ModelDetails:
     """The metadata of one version of a model."""
-    return state.registry.get(name, version).bundle.metadata
+    return ModelDetails.of(state.registry.get(name, version).bundle.metadata)

@@ -1,0 +1,23 @@
+"""What the outer middleware learned about a request, for the doors and routes inside."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from starlette.types import Scope
+
+SCOPE_KEY = "berth.request"
+
+
+@dataclass(slots=True)
+class RequestContext:
+    request_id: str
+    # The client named the request (X-Request-ID): the id is its idempotency key.
+    supplied: bool
+    # Whether the request may see what API_KEYS protects (always, when no keys are set).
+    authorized: bool = True
+
+
+def request_context(scope: Scope) -> RequestContext:
+    context: RequestContext = scope[SCOPE_KEY]
+    return context
