@@ -1,5 +1,5 @@
 # Berth: thin wrappers, so that people, CI and hooks run the very same commands.
-#   make up | down | clean | logs | ps | build | train | package | migrate | psql   the stack
+#   make up | down | clean | logs | ps | build | train | package | repackage | migrate | psql
 #   make fmt | lint | typecheck | test-local                                 a local .venv
 #   make test                                                                everything, in containers
 #   make test-faults                                  fault-injection tests (minutes), in containers
@@ -10,6 +10,8 @@ SHELL := bash
 COMPOSE ?= docker compose
 PYTHON ?= python3
 VENV := .venv
+# The KServe SDK's own environment: its pins clash with Berth's (requirements/kserve-client.txt).
+KSERVE_VENV := .venv-kserve
 WAIT_TIMEOUT ?= 600
 
 # `make test` runs its own stack beside the developer's, under another project name (its own
@@ -30,7 +32,7 @@ FAULTS_TIMEOUT ?= 2400
 
 PREDICT_BODY := {"features": [5.1, 3.5, 1.4, 0.2]}
 
-.PHONY: help up down clean logs ps build train package audit migrate psql fmt lint typecheck test test-local \
+.PHONY: help up down clean logs ps build train package repackage audit migrate psql fmt lint typecheck test test-local \
   test-faults bench
 
 help: ## list the targets
@@ -82,10 +84,13 @@ train: .env ## retrain the demo model iris/1 into the models volume; restart a r
 	fi
 
 # The files are mounted read-only into a one-off api container, which writes the bundle into the
-# models volume; the api serves it after a restart.
+# models volume; the api serves it after a restart. The bundle holds the model in skops' format
+# (no code runs when the api loads it) unless skops cannot represent it with trusted types: then
+# it is a pickle, which the api loads only once pinned in PICKLE_SHA256 (the command prints the
+# entry). TRUSTED_TYPES lists extra types the skops form may hold; the api needs the same list.
 package: .env ## package a fitted model: MODEL=model.joblib NAME=churn VERSION=3 [SAMPLE=sample.csv]
 	@if [ -z "$(MODEL)" ] || [ -z "$(NAME)" ] || [ -z "$(VERSION)" ]; then \
-	  echo "usage: make package MODEL=path/to/model.joblib NAME=churn VERSION=3 [SAMPLE=path/to/sample.csv]" >&2; \
+	  echo "usage: make package MODEL=path/to/model.joblib NAME=churn VERSION=3 [SAMPLE=path/to/sample.csv] [TRUSTED_TYPES=pkg.module.Class,...]" >&2; \
 	  exit 2; \
 	fi
 	$(COMPOSE) build api
@@ -94,7 +99,21 @@ package: .env ## package a fitted model: MODEL=model.joblib NAME=churn VERSION=3
 	  $(if $(SAMPLE),-v "$(abspath $(SAMPLE)):/input/sample.csv:ro") \
 	  seed-model python -m berth_api.bundles.package /input/model.joblib \
 	  --name "$(NAME)" --version "$(VERSION)" --models-dir /models \
-	  $(if $(SAMPLE),--sample /input/sample.csv)
+	  $(if $(SAMPLE),--sample /input/sample.csv) \
+	  $(if $(TRUSTED_TYPES),--trusted-types "$(TRUSTED_TYPES)")
+
+# Rewrites a pickle bundle (model.joblib) in the models volume in place as skops, keeping the rest
+# of it, once the skops copy predicts exactly as the pickle. Reading the pickle runs its code:
+# run it only on a bundle you made. The api serves the new form after a restart.
+repackage: .env ## rewrite a pickle bundle as skops: NAME=churn VERSION=3 [TRUSTED_TYPES=a.B,c.D]
+	@if [ -z "$(NAME)" ] || [ -z "$(VERSION)" ]; then \
+	  echo "usage: make repackage NAME=churn VERSION=3 [TRUSTED_TYPES=pkg.module.Class,...]" >&2; \
+	  exit 2; \
+	fi
+	$(COMPOSE) build api
+	$(COMPOSE) run --rm --no-deps seed-model python -m berth_api.bundles.repackage \
+	  --name "$(NAME)" --version "$(VERSION)" --models-dir /models \
+	  $(if $(TRUSTED_TYPES),--trusted-types "$(TRUSTED_TYPES)")
 
 # SINCE/UNTIL are ISO times (UTC unless they say otherwise); the default is the last 24 hours.
 audit: .env ## do the ledger's books balance? served vs stored, pending, spooled, dead-lettered
@@ -119,6 +138,12 @@ $(VENV)/.installed: requirements/worker.txt requirements/api.txt requirements/de
 	  -e services/common -e services/api -e services/worker
 	touch $@
 
+# The KServe tests run tests/clients/kserve_sdk.py with this interpreter, in a subprocess.
+$(KSERVE_VENV)/.installed: requirements/kserve-client.txt
+	[ -x $(KSERVE_VENV)/bin/python ] || $(PYTHON) -m venv $(KSERVE_VENV)
+	$(KSERVE_VENV)/bin/pip install --quiet --disable-pip-version-check -r requirements/kserve-client.txt
+	touch $@
+
 fmt: $(VENV)/.installed ## format the code and apply the safe lint fixes
 	$(VENV)/bin/ruff format .
 	$(VENV)/bin/ruff check --fix .
@@ -132,8 +157,9 @@ typecheck: $(VENV)/.installed ## mypy, strict
 
 # The PostgreSQL and Redis of this machine (127.0.0.1, see tests/conftest.py); the e2e tests skip
 # because BERTH_API_URL is unset.
-test-local: $(VENV)/.installed ## unit and integration tests against this machine's PostgreSQL and Redis
-	env -u BERTH_API_URL $(VENV)/bin/pytest tests/unit tests/integration tests/e2e
+test-local: $(VENV)/.installed $(KSERVE_VENV)/.installed ## unit and integration tests against this machine's PostgreSQL and Redis
+	env -u BERTH_API_URL BERTH_KSERVE_PYTHON="$(abspath $(KSERVE_VENV))/bin/python" \
+	  $(VENV)/bin/pytest tests/unit tests/integration tests/e2e
 
 # ---- everything, in containers ---------------------------------------------------------------
 

@@ -252,6 +252,12 @@ V2_BODY = (
     b'{"inputs":[{"name":"predict","shape":[1,4],"datatype":"FP64","data":[5.1,3.5,1.4,0.2]}]}'
 )
 
+EXPORT_PICKLE = (
+    "import joblib; from pathlib import Path; from berth_api.bundles.bundle import load_bundle; "
+    "bundle = Path('/models/iris/1'); "
+    "joblib.dump(load_bundle(bundle).model, bundle / 'model.joblib')"
+)
+
 
 def baselines(results: dict[str, Any]) -> None:
     results["baselines"] = {}
@@ -260,6 +266,10 @@ def baselines(results: dict[str, Any]) -> None:
         results.setdefault("baseline_builds_s", {})[image] = timed(
             ["docker", "build", "-q", "-t", image, str(BENCH / "baselines" / directory)]
         )
+    # The baselines read a pickle, as their tutorials do, at /models/iris/1/model.joblib; Berth's
+    # bundle holds its model in skops' format, so the same fitted model is pickled beside it (the
+    # api reads only the file its metadata names).
+    run([*COMPOSE, "run", "--rm", "--no-deps", "seed-model", "python", "-c", EXPORT_PICKLE])
     run([*COMPOSE, "stop", "api", "worker"])  # the baselines get the machine to themselves
     for name, server in BASELINE_SERVERS.items():
         container = f"berth-bench-{name}"

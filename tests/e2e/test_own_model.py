@@ -50,6 +50,7 @@ def test_packaged_model_is_served_after_restart(
     )
     assert f"packaged churn-e2e/{version}" in packaged.stdout
     assert "plan:string" in packaged.stdout
+    assert "file: model.skops" in packaged.stdout  # the api loads it without running its code
 
     compose.restart(["api"])
     wait_ready(api, timeout=120)

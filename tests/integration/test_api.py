@@ -179,7 +179,7 @@ def test_health_and_readiness(client: TestClient) -> None:
 
 
 def test_tampered_bundle_is_not_served_and_readiness_says_why(settings: ApiSettings) -> None:
-    model_file = settings.models_dir / "iris" / "1" / "model.joblib"
+    model_file = settings.models_dir / "iris" / "1" / "model.skops"
     model_file.write_bytes(model_file.read_bytes()[:-1])
     with TestClient(create_app(settings), raise_server_exceptions=False) as client:
         ready = client.get("/readyz")

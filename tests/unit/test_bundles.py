@@ -5,6 +5,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import skops
 from sklearn.linear_model import LinearRegression
 
 from berth_api.bundles.bundle import (
@@ -15,7 +16,9 @@ from berth_api.bundles.bundle import (
     load_bundle,
     write_bundle,
 )
+from berth_api.bundles.trust import TrustPolicy
 from berth_api.serving.predictor import Predictor
+from tests.models import make_legacy
 
 
 def test_demo_bundle_metadata(iris_models_dir: Path) -> None:
@@ -28,7 +31,9 @@ def test_demo_bundle_metadata(iris_models_dir: Path) -> None:
         "petal_length",
         "petal_width",
     ]
-    assert meta["sha256"] == file_sha256(bundle_dir / "model.joblib")
+    assert (meta["model_format"], meta["skops_version"]) == ("skops", skops.__version__)
+    assert meta["sha256"] == file_sha256(bundle_dir / "model.skops")
+    assert not (bundle_dir / "model.joblib").exists()
     assert 0.85 < meta["metrics"]["accuracy"] <= 1.0
     assert meta["estimator"] == "RandomForestClassifier"
     for key in ("created_at", "python_version", "sklearn_version"):
@@ -49,7 +54,7 @@ def test_demo_is_deterministic(iris_models_dir: Path, tmp_path: Path) -> None:
 
 
 def test_tampered_model_is_refused(iris_models_dir: Path) -> None:
-    model_file = iris_models_dir / "iris" / "1" / "model.joblib"
+    model_file = iris_models_dir / "iris" / "1" / "model.skops"
     model_file.write_bytes(model_file.read_bytes() + b"\0")
     with pytest.raises(
         BundleError, match=r"sha256 of .* is [0-9a-f]{64}, but metadata\.json records"
@@ -65,6 +70,35 @@ def test_version_mismatch_is_refused_unless_allowed(iris_models_dir: Path) -> No
     with pytest.raises(BundleError, match=r"made with scikit-learn 0\.0\.1, this server runs"):
         load_bundle(meta_file.parent)
     assert load_bundle(meta_file.parent, allow_version_mismatch=True).version == "1"
+
+
+def test_bundles_made_before_skops_still_load_as_pickles(iris_models_dir: Path) -> None:
+    """Their metadata.json has no model_format: it reads as joblib, served when allowed."""
+    bundle_dir = iris_models_dir / "iris" / "1"
+    make_legacy(bundle_dir, load_bundle(bundle_dir).model)
+    assert "model_format" not in json.loads((bundle_dir / "metadata.json").read_text())
+    with pytest.raises(BundleError, match="pickles are refused"):
+        load_bundle(bundle_dir)
+    bundle = load_bundle(bundle_dir, trust=TrustPolicy(allow_pickle=True))
+    assert bundle.metadata.model_format == "joblib"
+    assert bundle.compiled is not None
+
+
+def test_a_model_that_reads_back_differently_is_not_written_as_skops(models_dir: Path) -> None:
+    model = LinearRegression().fit(np.array([[0.0], [1.0]]), np.array([0.0, 1.0]))
+
+    def differs(copy: object) -> None:
+        raise BundleError("the model read back predicts something else")
+
+    said: list[str] = []
+    line = {"model": model, "name": "line", "version": "1", "features": [FeatureSpec(name="x")]}
+    with pytest.raises(BundleError, match="cannot be written in the safe skops format: the model"):
+        write_bundle(models_dir, **line, verify=differs, pickle_fallback=False)
+    assert not (models_dir / "line" / "1").exists()
+    meta = write_bundle(models_dir, **line, verify=differs, report=said.append)
+    assert meta.model_format == "joblib"
+    assert "predicts something else" in said[0]
+    assert f"line/1={meta.sha256}" in said[0]
 
 
 def test_directory_must_match_metadata(iris_models_dir: Path) -> None:

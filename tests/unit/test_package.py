@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import copy
 import json
 from pathlib import Path
 
@@ -7,11 +8,14 @@ import joblib
 import pytest
 import sklearn.base
 
-from berth_api.bundles.bundle import load_bundle
-from berth_api.bundles.package import PackagingError, main, package
+from berth_api.bundles.bundle import BundleError, FeatureSpec, load_bundle
+from berth_api.bundles.package import PackagingError, main, package, same_predictions
+from berth_api.bundles.trust import TrustPolicy
+from berth_api.serving.features import Value
 from berth_api.serving.predictor import Predictor
 from tests.models import (
     churn_pipeline,
+    clipped_regressor,
     no_proba_classifier,
     save,
     spend_regressor,
@@ -31,6 +35,11 @@ def test_mixed_type_pipeline_with_sample(tmp_path: Path, models_dir: Path) -> No
     ]
     assert meta.classes == ["churn", "stay"]
     assert meta.estimator == "Pipeline(ColumnTransformer -> LogisticRegression)"
+    assert meta.model_format == "skops"
+    assert sorted(p.name for p in (models_dir / "churn" / "3").iterdir()) == [
+        "metadata.json",
+        "model.skops",
+    ]
     bundle = load_bundle(models_dir / "churn" / "3")
     [out] = Predictor.for_bundle(bundle).predict([[3.0, 80.0, "basic", "eu"]])
     assert out.label == "churn"
@@ -40,10 +49,11 @@ def test_mixed_type_pipeline_with_sample(tmp_path: Path, models_dir: Path) -> No
 
 def test_regressor_without_sample_gets_positional_names(tmp_path: Path, models_dir: Path) -> None:
     meta = package(save(spend_regressor(), tmp_path / "r.joblib"), models_dir, "spend", "1")
-    assert (meta.task, meta.classes, [f.name for f in meta.features]) == (
+    assert (meta.task, meta.classes, [f.name for f in meta.features], meta.model_format) == (
         "regression",
         None,
         ["x0"],
+        "skops",
     )
     [out] = Predictor.for_bundle(load_bundle(models_dir / "spend" / "1")).predict([[12.0]])
     assert isinstance(out.label, float)
@@ -52,7 +62,7 @@ def test_regressor_without_sample_gets_positional_names(tmp_path: Path, models_d
 
 def test_classifier_without_predict_proba(tmp_path: Path, models_dir: Path) -> None:
     meta = package(save(no_proba_classifier(), tmp_path / "svc.joblib"), models_dir, "svc", "1")
-    assert meta.classes == ["churn", "stay"]
+    assert (meta.classes, meta.model_format) == (["churn", "stay"], "skops")
     [out] = Predictor.for_bundle(load_bundle(models_dir / "svc" / "1")).predict([[2.0, 40.0]])
     assert out.label in ("churn", "stay")
     assert out.probabilities is None
@@ -94,8 +104,57 @@ def test_cli(tmp_path: Path, models_dir: Path, capsys: pytest.CaptureFixture[str
     sample = write_sample(tmp_path / "sample.csv")
     args = [str(model), "--name", "churn", "--version", "3", "--sample", str(sample)]
     assert main([*args, "--models-dir", str(models_dir)]) == 0
-    assert "packaged churn/3" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "packaged churn/3" in out
+    assert "file: model.skops, sha256 " in out
     metadata = json.loads((models_dir / "churn" / "3" / "metadata.json").read_text())
     assert metadata["name"] == "churn"
     assert main([*args, "--models-dir", str(models_dir)]) == 1
     assert "already exists" in capsys.readouterr().err
+
+
+def test_own_estimator_class_is_pickled_and_needs_a_pin(tmp_path: Path, models_dir: Path) -> None:
+    said: list[str] = []
+    model = save(clipped_regressor(), tmp_path / "clipped.joblib")
+    meta = package(model, models_dir, "clipped", "1", report=said.append)
+    assert meta.model_format == "joblib"
+    [message] = [line for line in said if "pickle" in line]
+    assert "needs types Berth does not trust: tests.models.ClippedRegressor" in message
+    assert f"add this entry to PICKLE_SHA256 (comma-separated): clipped/1={meta.sha256}" in message
+    bundle_dir = models_dir / "clipped" / "1"
+    with pytest.raises(BundleError, match="pickles are refused"):
+        load_bundle(bundle_dir)
+    pinned = TrustPolicy(pickle_pins={"clipped/1": meta.sha256})
+    [out] = Predictor.for_bundle(load_bundle(bundle_dir, trust=pinned)).predict([[12.0]])
+    assert isinstance(out.label, float)
+
+
+def test_trusted_types_make_an_own_class_skops(
+    tmp_path: Path, models_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """With the operator's TRUSTED_TYPES, the same model is written in skops' format instead; the
+    api loads it only with the same list."""
+    model = save(clipped_regressor(), tmp_path / "clipped.joblib")
+    args = [str(model), "--name", "clipped", "--version", "1", "--models-dir", str(models_dir)]
+    assert main([*args, "--trusted-types", "tests.models.ClippedRegressor"]) == 0
+    assert "file: model.skops" in capsys.readouterr().out
+    bundle_dir = models_dir / "clipped" / "1"
+    with pytest.raises(BundleError, match=r"does not trust: tests\.models\.ClippedRegressor"):
+        load_bundle(bundle_dir)
+    trusted = TrustPolicy(trusted_types=frozenset({"tests.models.ClippedRegressor"}))
+    assert load_bundle(bundle_dir, trust=trusted).metadata.model_format == "skops"
+    with pytest.raises(SystemExit):
+        main([*args, "--trusted-types", "not a type name"])
+    assert "TRUSTED_TYPES entries are full names" in capsys.readouterr().err
+
+
+def test_same_predictions_names_the_first_row_that_differs() -> None:
+    model = spend_regressor()
+    features = [FeatureSpec(name="x0")]
+    rows: list[list[Value]] = [[1.0], [30.0]]
+    check = same_predictions(model, features, rows)
+    check(copy.deepcopy(model))
+    shifted = copy.deepcopy(model)
+    shifted.intercept_ += 1e-9
+    with pytest.raises(BundleError, match=r"predicts .* for row 0, the original"):
+        check(shifted)

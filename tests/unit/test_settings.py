@@ -87,3 +87,32 @@ def test_unknown_access_log_mode_is_refused(monkeypatch: pytest.MonkeyPatch) -> 
     monkeypatch.setenv("ACCESS_LOG", "some")
     with pytest.raises(ValidationError, match="access_log"):
         ApiSettings(**GOOD)  # type: ignore[arg-type]
+
+
+def test_model_trust_settings(monkeypatch: pytest.MonkeyPatch) -> None:
+    digest = "AB" * 32
+    monkeypatch.setenv("TRUSTED_TYPES", "acme.features.Binner, _operator.neg")
+    monkeypatch.setenv("PICKLE_SHA256", f"churn/3={digest}, iris/1 = {'c' * 64}")
+    monkeypatch.setenv("ALLOW_PICKLE", "true")
+    settings = ApiSettings(**GOOD)  # type: ignore[arg-type]
+    assert settings.trusted_type_names == {"acme.features.Binner", "_operator.neg"}
+    assert settings.pickle_pins == {"churn/3": digest.lower(), "iris/1": "c" * 64}
+    assert settings.allow_pickle is True
+    assert ApiSettings(**{**GOOD, "pickle_sha256": "", "trusted_types": ""}).pickle_pins == {}
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "message"),
+    [
+        ("trusted_types", "Binner", "TRUSTED_TYPES entries are full names"),
+        ("trusted_types", "acme.Binner,os.system()", "got 'os.system\\(\\)'"),
+        ("pickle_sha256", "churn/3", "PICKLE_SHA256 entries are name/version=<sha256"),
+        ("pickle_sha256", f"churn={'a' * 64}", "PICKLE_SHA256 entries"),
+        ("pickle_sha256", f"churn/3={'a' * 63}", "PICKLE_SHA256 entries"),
+        ("pickle_sha256", f"../x/3={'a' * 64}", "PICKLE_SHA256 entries"),
+        ("pickle_sha256", f"churn/3={'a' * 64},churn/3={'b' * 64}", "pins churn/3 twice"),
+    ],
+)
+def test_malformed_model_trust_settings(field: str, value: str, message: str) -> None:
+    with pytest.raises(ValidationError, match=message):
+        ApiSettings(**GOOD, **{field: value})  # type: ignore[arg-type]

@@ -11,7 +11,7 @@ NOW = 1_700_000_000.0
 
 
 def test_heartbeat_json_carries_time_state_and_backlog() -> None:
-    beat = Heartbeat(consumer="host-1", state="running", last_batch_size=7, pending=3, lag=12)
+    beat = Heartbeat(consumer="host-1", state="running", last_batch_size=7, pending=3, unread=12)
 
     data = json.loads(beat.to_json(NOW))
 
@@ -22,7 +22,7 @@ def test_heartbeat_json_carries_time_state_and_backlog() -> None:
         "state": "running",
         "last_batch_size": 7,
         "pending": 3,
-        "lag": 12,
+        "unread": 12,
     }
 
 

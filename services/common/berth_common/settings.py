@@ -8,6 +8,7 @@ with an authentication error.
 
 from __future__ import annotations
 
+import re
 import socket
 import sys
 from pathlib import Path
@@ -41,6 +42,44 @@ PLACEHOLDER_SECRETS = frozenset(
 MIN_SECRET_LENGTH = 8
 
 PositiveInt = Annotated[int, Field(gt=0)]
+
+# A model name or version: they become path segments, Redis key parts and SQL values, so they stay
+# plain. Declared here because PICKLE_SHA256 names bundles too; the bundle code compiles it.
+BUNDLE_NAME_PATTERN = r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}"
+_PICKLE_PIN = re.compile(rf"({BUNDLE_NAME_PATTERN})/({BUNDLE_NAME_PATTERN})=([0-9a-fA-F]{{64}})")
+# A type as skops names it: its module, a dot, its name.
+_TYPE_NAME = re.compile(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)+")
+
+
+def comma_items(value: str) -> list[str]:
+    """The non-empty items of a comma-separated setting, stripped."""
+    return [item.strip() for item in value.split(",") if item.strip()]
+
+
+def parse_trusted_types(value: str) -> frozenset[str]:
+    """TRUSTED_TYPES as a set of full type names; ValueError names the first malformed one."""
+    names = comma_items(value)
+    for name in names:
+        if not _TYPE_NAME.fullmatch(name):
+            raise ValueError(
+                f"TRUSTED_TYPES entries are full names such as mypackage.module.Class, got {name!r}"
+            )
+    return frozenset(names)
+
+
+def parse_pickle_pins(value: str) -> dict[str, str]:
+    """PICKLE_SHA256 as {"name/version": sha256}; ValueError names the first malformed entry."""
+    pins: dict[str, str] = {}
+    for item in comma_items(value):
+        match = _PICKLE_PIN.fullmatch(item.replace(" ", ""))
+        if match is None:
+            raise ValueError(
+                f"PICKLE_SHA256 entries are name/version=<sha256 in 64 hex digits>, got {item!r}"
+            )
+        key, digest = f"{match[1]}/{match[2]}", match[3].lower()
+        if pins.setdefault(key, digest) != digest:
+            raise ValueError(f"PICKLE_SHA256 pins {key} twice, to different hashes")
+    return pins
 
 
 class RedisConnection(TypedDict):
@@ -158,7 +197,7 @@ class ApiSettings(CommonSettings):
     @field_validator("model_versions")
     @classmethod
     def _model_versions_parse(cls, value: str) -> str:
-        for item in filter(None, (part.strip() for part in value.split(","))):
+        for item in comma_items(value):
             name, _, version = item.partition("=")
             if not name.strip() or not version.strip():
                 raise ValueError(f"MODEL_VERSIONS entries are name=version, got {item!r}")
@@ -168,7 +207,7 @@ class ApiSettings(CommonSettings):
     def version_pins(self) -> dict[str, str]:
         """The version each model name is pinned to; DEFAULT_MODEL_VERSION wins for the default."""
         pins = {}
-        for item in filter(None, (part.strip() for part in self.model_versions.split(","))):
+        for item in comma_items(self.model_versions):
             name, _, version = item.partition("=")
             pins[name.strip()] = version.strip()
         if self.default_model_version:
@@ -177,7 +216,7 @@ class ApiSettings(CommonSettings):
 
     @property
     def api_key_list(self) -> list[str]:
-        return [key.strip() for key in self.api_keys.get_secret_value().split(",") if key.strip()]
+        return comma_items(self.api_keys.get_secret_value())
 
     # Ledger entries Redis cannot take are fsynced here (a volume) and replayed when it answers.
     spool_dir: Path = Path("/spool")
@@ -202,6 +241,42 @@ class ApiSettings(CommonSettings):
         return value
 
     allow_version_mismatch: bool = False
+
+    # Which model files may be loaded. A skops file is loaded only with the types it needs listed
+    # explicitly: skops' own defaults, the classes of scikit-learn, numpy and scipy, and these,
+    # comma-separated full names ("mypackage.features.Binner", as the refusal names them). This
+    # list, like the two settings below, comes from the operator and never from the models
+    # volume: whoever can write a bundle must not also be able to widen what it may load.
+    trusted_types: str = ""
+    # Load every pickle (model.joblib) bundle. Unpickling runs whatever code the file names, so
+    # with this on, anyone who can write the models volume can run code in the API; off, such a
+    # bundle is refused before it is read. Meant for a migration, until `make repackage`.
+    allow_pickle: bool = False
+    # Pickle bundles trusted one by one, "name/version=<sha256>,...": the hash `make package`
+    # printed, pinned here, outside the volume, so that a replaced model.joblib (with a
+    # metadata.json to match) is refused. A pin wins over ALLOW_PICKLE: a mismatch is refused.
+    pickle_sha256: str = ""
+
+    @field_validator("trusted_types")
+    @classmethod
+    def _trusted_types_parse(cls, value: str) -> str:
+        parse_trusted_types(value)
+        return value
+
+    @field_validator("pickle_sha256")
+    @classmethod
+    def _pickle_sha256_parse(cls, value: str) -> str:
+        parse_pickle_pins(value)
+        return value
+
+    @property
+    def trusted_type_names(self) -> frozenset[str]:
+        return parse_trusted_types(self.trusted_types)
+
+    @property
+    def pickle_pins(self) -> dict[str, str]:
+        """The sha256 each pinned pickle bundle must have, by "name/version"."""
+        return parse_pickle_pins(self.pickle_sha256)
 
     # Deadlines for reading one request: its headers (from its first byte, or from the
     # connection's), and its body (from the end of the headers). A client that misses one gets a

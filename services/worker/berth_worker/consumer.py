@@ -8,6 +8,7 @@ consumer that died are claimed once they have been idle for `worker_claim_idle_m
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import random
 import time
@@ -18,6 +19,7 @@ from typing import Any, cast
 import redis
 from sqlalchemy.exc import SQLAlchemyError
 
+from berth_common.backlog import Backlog, NoGroup, read_backlog
 from berth_common.settings import WorkerSettings
 from berth_worker.backoff import backoff_delay
 from berth_worker.health import Heartbeat, write_heartbeat
@@ -86,6 +88,8 @@ class LedgerConsumer:
         self._last_beat_at = -float("inf")
         self._beaten_state = ""
         self._state = "starting"
+        # As of the last heartbeat: what the group has yet to store.
+        self.backlog: Backlog | None = None
 
     @property
     def stopping(self) -> bool:
@@ -162,6 +166,7 @@ class LedgerConsumer:
         if time.monotonic() >= self._next_claim_at:
             outcome += self.claim_stale()
             self.trim_acknowledged()
+            self.forget_gone_consumers()
             self._next_claim_at = time.monotonic() + self._settings.worker_claim_interval_seconds
         if not self._stop_requested:
             new = self.read_new()
@@ -254,6 +259,24 @@ class LedgerConsumer:
             log.debug("trimmed %d acknowledged entries before %s", removed, keep_from)
         return removed
 
+    def forget_gone_consumers(self) -> list[str]:
+        """Removes from the group the consumers that hold nothing and have no heartbeat: workers
+        that stopped or were scaled away. Without this the group lists every worker that ever
+        ran; a live worker removed by mistake is added back by its next read."""
+        gone = []
+        for consumer in self._redis.xinfo_consumers(self._stream, self._group):
+            name = _text(consumer["name"])
+            if name == self._name or int(consumer["pending"]):
+                continue
+            if self._redis.exists(self._settings.heartbeat_key(name)):
+                continue
+            # XGROUP DELCONSUMER would drop its pending entries; it has none (checked above)
+            self._redis.xgroup_delconsumer(self._stream, self._group, name)
+            gone.append(name)
+        if gone:
+            log.info("removed consumers that are gone from group %s: %s", self._group, gone)
+        return gone
+
     def read_new(self) -> BatchOutcome:
         response = self._redis.xreadgroup(
             self._group,
@@ -272,19 +295,16 @@ class LedgerConsumer:
 
     def beat(self) -> None:
         """Refreshes the heartbeat; raises when Redis is unreachable, like any other call."""
-        pending = lag = None
-        try:
-            for group in self._redis.xinfo_groups(self._stream):
-                if _text(group["name"]) == self._group:
-                    pending, lag = group.get("pending"), group.get("lag")
-        except redis.ResponseError:
-            pass  # no stream yet; the backlog is only informative
+        backlog = None
+        with contextlib.suppress(NoGroup):  # no stream or group yet: nothing to report
+            backlog = read_backlog(self._redis, self._stream, self._group)
+        self.backlog = backlog
         beat = Heartbeat(
             consumer=self._name,
             state=self._state,
             last_batch_size=self._last_batch_size,
-            pending=pending,
-            lag=lag,
+            pending=backlog.pending if backlog is not None else None,
+            unread=backlog.unread if backlog is not None else None,
         )
         write_heartbeat(self._redis, self._settings, beat)
         self._last_beat_at = time.monotonic()

@@ -20,13 +20,14 @@ from berth_common.settings import WorkerSettings
 
 @dataclass(frozen=True, slots=True)
 class Heartbeat:
-    """What the worker was doing at its last beat; `pending` and `lag` are None when unknown."""
+    """What the worker was doing at its last beat; `pending` and `unread` (the group's, see
+    berth_common.backlog) are None when unknown."""
 
     consumer: str
     state: str
     last_batch_size: int
     pending: int | None = None
-    lag: int | None = None
+    unread: int | None = None
 
     def to_json(self, now: float) -> str:
         return json.dumps(
@@ -37,7 +38,7 @@ class Heartbeat:
                 "state": self.state,
                 "last_batch_size": self.last_batch_size,
                 "pending": self.pending,
-                "lag": self.lag,
+                "unread": self.unread,
             }
         )
 

@@ -1,9 +1,12 @@
-"""Model bundles: `<models_dir>/<name>/<version>/` holding `model.joblib` and `metadata.json`.
+"""Model bundles: `<models_dir>/<name>/<version>/` holding the model file and `metadata.json`.
 
-Loading a joblib file runs code, so a bundle is loaded only when the file's sha256 matches the one
-its metadata records, and only with the scikit-learn version it was made with unless mismatches
-are explicitly allowed: a model unpickled under another version can predict differently without
-any error.
+The model file is `model.skops` (skops' format, which constructs only the types it is allowed to)
+or, in bundles made before Berth wrote skops and for models skops cannot represent, the pickle
+`model.joblib`. Whether a file may be loaded at all is decided by `trust.py`, from the operator's
+settings; the sha256 in metadata.json only shows that the file is the one packaged with it, since
+whoever can replace one can replace both. A bundle is loaded only with the scikit-learn version
+it was made with unless mismatches are explicitly allowed: a model read under another version
+can predict differently without any error.
 """
 
 from __future__ import annotations
@@ -16,6 +19,8 @@ import platform
 import re
 import shutil
 import tempfile
+import zipfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -23,13 +28,23 @@ from typing import Any, Literal
 
 import joblib
 import sklearn
+import skops
+import skops.io
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationError
 
-MODEL_FILE = "model.joblib"
+from berth_api.bundles.trust import (
+    MODEL_FILES,
+    SAFE_POLICY,
+    ModelFormat,
+    TrustPolicy,
+    UntrustedModel,
+    load_model_bytes,
+)
+from berth_common.settings import BUNDLE_NAME_PATTERN
+
 METADATA_FILE = "metadata.json"
 COMPILED_FILE = "model.onnx"
-# Names and versions become path segments, Redis key parts and SQL values: keep them plain.
-NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
+NAME_PATTERN = re.compile(rf"^{BUNDLE_NAME_PATTERN}$")
 
 logger = logging.getLogger(__name__)
 
@@ -82,6 +97,11 @@ class BundleMetadata(BaseModel):
     python_version: str
     sklearn_version: str
     joblib_version: str
+    # The model file's format; metadata.json files written before skops have no such field, and
+    # hold pickles. Which format may be loaded is the operator's call (trust.py), not this file's.
+    model_format: ModelFormat = "joblib"
+    skops_version: str | None = None
+    # sha256 of the model file: that it is the one packaged, not that it is safe to load
     sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
     description: str = ""
     # One valid row, keyed by feature name: what /docs offers as the example request.
@@ -91,6 +111,14 @@ class BundleMetadata(BaseModel):
     @property
     def feature_names(self) -> list[str]:
         return [feature.name for feature in self.features]
+
+    @property
+    def model_file(self) -> str:
+        return MODEL_FILES[self.model_format]
+
+    @property
+    def key(self) -> str:
+        return f"{self.name}/{self.version}"
 
 
 @dataclass(frozen=True)
@@ -132,18 +160,25 @@ def read_metadata(bundle_dir: Path) -> BundleMetadata:
         raise BundleError(f"{path} is invalid: {problems}") from exc
 
 
-def load_bundle(bundle_dir: Path, *, allow_version_mismatch: bool = False) -> ModelBundle:
+def load_bundle(
+    bundle_dir: Path,
+    *,
+    allow_version_mismatch: bool = False,
+    trust: TrustPolicy = SAFE_POLICY,
+) -> ModelBundle:
     """Verifies and loads one bundle; BundleError says exactly why one is refused."""
     metadata = read_metadata(bundle_dir)
     if (metadata.name, metadata.version) != (bundle_dir.parent.name, bundle_dir.name):
         raise BundleError(
-            f"{bundle_dir} holds metadata for {metadata.name}/{metadata.version}; "
+            f"{bundle_dir} holds metadata for {metadata.key}; "
             "the directory must be <name>/<version>"
         )
-    model_path = bundle_dir / MODEL_FILE
-    if not model_path.is_file():
-        raise BundleError(f"{model_path} is missing")
-    actual = file_sha256(model_path)
+    model_path = bundle_dir / metadata.model_file
+    try:
+        data = model_path.read_bytes()
+    except FileNotFoundError as exc:
+        raise BundleError(f"{model_path} is missing") from exc
+    actual = hashlib.sha256(data).hexdigest()
     if actual != metadata.sha256:
         raise BundleError(
             f"sha256 of {model_path} is {actual}, but metadata.json records {metadata.sha256}; "
@@ -151,24 +186,35 @@ def load_bundle(bundle_dir: Path, *, allow_version_mismatch: bool = False) -> Mo
         )
     if metadata.sklearn_version != sklearn.__version__:
         message = (
-            f"{metadata.name}/{metadata.version} was made with scikit-learn "
+            f"{metadata.key} was made with scikit-learn "
             f"{metadata.sklearn_version}, this server runs {sklearn.__version__}"
         )
         if not allow_version_mismatch:
             raise BundleError(f"{message}; set ALLOW_VERSION_MISMATCH=true to load it anyway")
         logger.warning("%s; loading anyway because ALLOW_VERSION_MISMATCH is set", message)
-    try:
-        model = joblib.load(model_path)
-    except Exception as exc:  # unpickling can raise anything the pickled code raises
-        raise BundleError(f"{model_path} could not be loaded: {exc!r}") from exc
-    if not hasattr(model, "predict"):
-        raise BundleError(f"{model_path} holds a {type(model).__name__}, which has no predict()")
+    model = _load_model(data, metadata, model_path, actual, trust)
     return ModelBundle(
         metadata=metadata,
         model=model,
         path=bundle_dir,
         compiled=_read_compiled(bundle_dir, metadata),
     )
+
+
+def _load_model(
+    data: bytes, metadata: BundleMetadata, model_path: Path, sha256: str, trust: TrustPolicy
+) -> Any:
+    try:
+        model = load_model_bytes(
+            data, metadata.model_format, key=metadata.key, sha256=sha256, policy=trust
+        )
+    except UntrustedModel as exc:
+        raise BundleError(str(exc)) from exc
+    except Exception as exc:  # unpickling, or a trusted type's code, can raise anything
+        raise BundleError(f"{model_path} could not be loaded: {exc!r}") from exc
+    if not hasattr(model, "predict"):
+        raise BundleError(f"{model_path} holds a {type(model).__name__}, which has no predict()")
+    return model
 
 
 def _read_compiled(bundle_dir: Path, metadata: BundleMetadata) -> bytes | None:
@@ -233,8 +279,18 @@ def write_bundle(
     example: dict[str, Label] | None = None,
     compiled: tuple[bytes, CompiledSpec] | None = None,
     replace: bool = False,
+    trust: TrustPolicy = SAFE_POLICY,
+    verify: Callable[[Any], None] | None = None,
+    pickle_fallback: bool = True,
+    report: Callable[[str], object] = logger.warning,
 ) -> BundleMetadata:
-    """Writes a bundle atomically: readers see the old bundle or the new one, never half of one."""
+    """Writes a bundle atomically: readers see the old bundle or the new one, never half of one.
+
+    The model goes into skops' format if the file reads back under `trust` (the policy the api
+    will load it with) and `verify`, given the model read back, accepts it (it raises BundleError
+    if not). Otherwise it is pickled, unless `pickle_fallback` is off (BundleError, nothing
+    written), and `report` says why and how the api can be told to load it.
+    """
     for label, value in (("name", name), ("version", version)):
         if not NAME_PATTERN.match(value):
             raise BundleError(
@@ -247,7 +303,15 @@ def write_bundle(
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{version}.", dir=target.parent))
     try:
-        joblib.dump(model, staging / MODEL_FILE)
+        model_format, sha256 = _write_model(
+            staging,
+            model,
+            key=f"{name}/{version}",
+            trust=trust,
+            verify=verify,
+            pickle_fallback=pickle_fallback,
+            report=report,
+        )
         if compiled is not None:
             (staging / COMPILED_FILE).write_bytes(compiled[0])
         classes = getattr(model, "classes_", None)
@@ -263,7 +327,9 @@ def write_bundle(
             python_version=platform.python_version(),
             sklearn_version=sklearn.__version__,
             joblib_version=joblib.__version__,
-            sha256=file_sha256(staging / MODEL_FILE),
+            model_format=model_format,
+            skops_version=skops.__version__ if model_format == "skops" else None,
+            sha256=sha256,
             description=description,
             example=example,
             compiled=compiled[1] if compiled is not None else None,
@@ -283,6 +349,47 @@ def write_bundle(
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return metadata
+
+
+def _write_model(
+    staging: Path,
+    model: Any,
+    *,
+    key: str,
+    trust: TrustPolicy,
+    verify: Callable[[Any], None] | None,
+    pickle_fallback: bool,
+    report: Callable[[str], object],
+) -> tuple[ModelFormat, str]:
+    """Writes the model file into `staging`; its format and sha256."""
+    path = staging / MODEL_FILES["skops"]
+    try:
+        # compressed: a forest's hundreds of small arrays are each a member of the archive,
+        # stored ten times larger than the pickle they replace
+        skops.io.dump(model, path, compression=zipfile.ZIP_DEFLATED)
+        data = path.read_bytes()
+        sha256 = hashlib.sha256(data).hexdigest()
+        # read back exactly as the api will: a bundle that is written is a bundle that loads
+        reloaded = load_model_bytes(data, "skops", key=key, sha256=sha256, policy=trust)
+        if verify is not None:
+            verify(reloaded)
+        return "skops", sha256
+    except (UntrustedModel, BundleError) as exc:
+        reason = str(exc)
+    except Exception as exc:  # skops raises what the object's own state handling raises
+        reason = f"skops cannot represent it ({exc!r})"
+    path.unlink(missing_ok=True)
+    if not pickle_fallback:
+        raise BundleError(f"{key} cannot be written in the safe skops format: {reason}")
+    pickle = staging / MODEL_FILES["joblib"]
+    joblib.dump(model, pickle)
+    sha256 = file_sha256(pickle)
+    report(
+        f"{key}: written as a pickle ({pickle.name}), not in the safe skops format: {reason}\n"
+        "The api loads a pickle only when its hash is pinned or ALLOW_PICKLE=true; to pin this "
+        f"one, add this entry to PICKLE_SHA256 (comma-separated): {key}={sha256}"
+    )
+    return "joblib", sha256
 
 
 def _estimator_name(model: Any) -> str:

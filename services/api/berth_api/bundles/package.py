@@ -1,6 +1,10 @@
 """`python -m berth_api.bundles.package MODEL --name N --version V [--sample CSV]`: make a bundle.
 
 Turns a fitted scikit-learn estimator or Pipeline saved with joblib into a bundle the API serves.
+Reading that joblib file runs its code: the operator who packages it has chosen to trust it. The
+bundle holds the model in skops' format, which the API loads without running code, whenever the
+model read back from it gives the very same predictions; a model skops cannot represent with
+trusted types is pickled, and the API loads it only once its hash is pinned (PICKLE_SHA256).
 Feature names come from the estimator (`feature_names_in_`) or the sample's header, types from
 the sample's values (numbers unless a sample says otherwise). Before anything is written, the
 model must predict on the sample (or on a row of zeros) through the very code the API uses, so a
@@ -31,10 +35,12 @@ from berth_api.bundles.bundle import (
     FeatureType,
     write_bundle,
 )
+from berth_api.bundles.trust import TrustPolicy
 from berth_api.errors import BerthError
 from berth_api.serving.compiled import CompiledModel, NotCompiled, compile_model
 from berth_api.serving.features import Value, rows_from_instances
 from berth_api.serving.predictor import Predictor
+from berth_common.settings import parse_trusted_types
 
 SAMPLE_ROWS_CHECKED = 100
 
@@ -194,6 +200,27 @@ def check_serves(
     return rows
 
 
+def same_predictions(
+    model: Any, features: list[FeatureSpec], rows: list[list[Value]]
+) -> Callable[[Any], None]:
+    """A check that a copy of `model` (read back from its file) predicts exactly as it does on
+    `rows`, through the API's own predictor; BundleError names the first row that differs."""
+    expected = Predictor(model, features).predict(rows)
+
+    def check(copy: Any) -> None:
+        try:
+            actual = Predictor(copy, features).predict(rows)
+        except BerthError as exc:
+            raise BundleError(f"the model read back cannot predict: {exc.detail}") from exc
+        for index, (want, got) in enumerate(zip(expected, actual, strict=True)):
+            if want != got:
+                raise BundleError(
+                    f"the model read back predicts {got} for row {index}, the original {want}"
+                )
+
+    return check
+
+
 def try_compile(
     model: Any, features: list[FeatureSpec], rows: list[list[Value]]
 ) -> tuple[CompiledModel | None, str]:
@@ -220,6 +247,7 @@ def package(
     description: str = "",
     allow_version_mismatch: bool = False,
     compile_onnx: bool = True,
+    trusted_types: frozenset[str] = frozenset(),
     report: Callable[[str], object] = print,
 ) -> BundleMetadata:
     model = load_model(model_path, allow_version_mismatch=allow_version_mismatch)
@@ -240,9 +268,38 @@ def package(
             description=description,
             example=instances[0],
             compiled=(compiled.graph, compiled.spec) if compiled is not None else None,
+            trust=TrustPolicy(trusted_types=trusted_types),
+            verify=same_predictions(model, features, rows),
+            report=report,
         )
     except BundleError as exc:
         raise PackagingError(str(exc)) from exc
+
+
+def add_bundle_options(parser: argparse.ArgumentParser) -> None:
+    """What `package` and `repackage` both ask: which bundle, where, and what it may hold. The
+    trusted types default to TRUSTED_TYPES: the api must trust the same ones to load the file."""
+
+    def trusted_types(value: str) -> frozenset[str]:
+        try:
+            return parse_trusted_types(value)
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+
+    parser.add_argument("--name", required=True)
+    parser.add_argument("--version", required=True)
+    parser.add_argument(
+        "--models-dir", type=Path, default=Path(os.environ.get("MODELS_DIR", "/models"))
+    )
+    parser.add_argument("--allow-version-mismatch", action="store_true")
+    parser.add_argument(
+        "--trusted-types",
+        type=trusted_types,
+        default=os.environ.get("TRUSTED_TYPES", ""),
+        metavar="NAMES",
+        help="comma-separated types (beyond scikit-learn, numpy and scipy) the skops form may "
+        "hold; the api loads it only with the same TRUSTED_TYPES (default: $TRUSTED_TYPES)",
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -251,14 +308,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         description="Package a fitted scikit-learn model saved with joblib as a Berth bundle.",
     )
     parser.add_argument("model", type=Path, help="the .joblib file")
-    parser.add_argument("--name", required=True)
-    parser.add_argument("--version", required=True)
+    add_bundle_options(parser)
     parser.add_argument("--sample", type=Path, help="CSV with a header row: names, types, a check")
-    parser.add_argument(
-        "--models-dir", type=Path, default=Path(os.environ.get("MODELS_DIR", "/models"))
-    )
     parser.add_argument("--description", default="")
-    parser.add_argument("--allow-version-mismatch", action="store_true")
     parser.add_argument(
         "--no-compile", action="store_true", help="do not try the ONNX form; serve scikit-learn"
     )
@@ -273,6 +325,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             description=args.description,
             allow_version_mismatch=args.allow_version_mismatch,
             compile_onnx=not args.no_compile,
+            trusted_types=args.trusted_types,
         )
     except PackagingError as exc:
         print(f"berth package: refused: {exc}", file=sys.stderr)
@@ -281,7 +334,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(
         f"packaged {metadata.name}/{metadata.version} ({metadata.estimator}, {metadata.task}) "
         f"into {args.models_dir}\n  features: {kinds}\n"
-        f"  classes: {metadata.classes}\n  sha256: {metadata.sha256}\n"
+        f"  classes: {metadata.classes}\n  file: {metadata.model_file}, sha256 {metadata.sha256}\n"
         "restart the api to serve it: docker compose restart api"
     )
     return 0

@@ -1,7 +1,8 @@
 """`python -m berth_api.bundles.train`: trains the demo bundle iris/1 into the models directory.
 
 Deterministic (fixed split and seed), so every `make up` on any machine serves the same model,
-and its held-out accuracy goes into the bundle's metadata.
+and its held-out accuracy goes into the bundle's metadata. The model is written in skops' format
+only (never a pickle), and only if the copy read back predicts exactly as the one trained.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from sklearn.metrics import accuracy_score
 from sklearn.model_selection import train_test_split
 
 from berth_api.bundles.bundle import BundleMetadata, FeatureSpec, bundle_dirs, write_bundle
-from berth_api.bundles.package import try_compile
+from berth_api.bundles.package import same_predictions, try_compile
 
 DEMO_NAME = "iris"
 DEMO_VERSION = "1"
@@ -35,8 +36,9 @@ def train_demo(models_dir: Path, *, replace: bool = False) -> BundleMetadata:
     model.fit(x_train, y_train)
     accuracy = float(accuracy_score(y_test, model.predict(x_test)))
     features = [FeatureSpec(name=name, type="number") for name in IRIS_FEATURES]
+    rows = data.data.tolist()
     # checked against scikit-learn on every iris row plus generated ones
-    compiled, outcome = try_compile(model, features, data.data.tolist())
+    compiled, outcome = try_compile(model, features, rows)
     print(outcome)
     return write_bundle(
         models_dir,
@@ -53,6 +55,8 @@ def train_demo(models_dir: Path, *, replace: bool = False) -> BundleMetadata:
         example=dict(zip(IRIS_FEATURES, [5.1, 3.5, 1.4, 0.2], strict=True)),
         compiled=(compiled.graph, compiled.spec) if compiled is not None else None,
         replace=replace,
+        verify=same_predictions(model, features, rows),
+        pickle_fallback=False,
     )
 
 
@@ -77,7 +81,8 @@ def main(argv: list[str] | None = None) -> int:
     metadata = train_demo(args.models_dir, replace=args.force)
     print(
         f"trained {metadata.name}/{metadata.version} into {args.models_dir}: "
-        f"held-out accuracy {metadata.metrics['accuracy']:.3f}, sha256 {metadata.sha256[:12]}"
+        f"held-out accuracy {metadata.metrics['accuracy']:.3f}, {metadata.model_file} "
+        f"sha256 {metadata.sha256[:12]}"
     )
     return 0
 

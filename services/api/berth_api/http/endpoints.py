@@ -149,6 +149,10 @@ def error_style(path: str) -> ErrorStyle:
         return found[0].door.style
     if path.startswith("/v2/") or path == "/v2":
         return ErrorStyle.V2
+    if path.startswith("/v1/models/"):
+        # a model's details are also TensorFlow Serving / KServe V1's model status, whose
+        # clients read the error's reason only from `error` in application/json
+        return ErrorStyle.KSERVE_V1
     if path == "/ping":
         return ErrorStyle.MLFLOW
     return ErrorStyle.PROBLEM

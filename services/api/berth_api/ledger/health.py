@@ -15,6 +15,7 @@ from starlette.concurrency import run_in_threadpool
 
 from berth_api.ledger.spool import LedgerSpool
 from berth_api.schemas import Check
+from berth_common.backlog import NoGroup, read_backlog_async
 from berth_common.settings import ApiSettings
 
 # Entries waiting in the stream beyond which the workers are said to be falling behind.
@@ -50,18 +51,10 @@ async def ledger_checks(
 
 async def _backlog(settings: ApiSettings, redis: Redis) -> Check:
     try:
-        groups = await redis.xinfo_groups(settings.ledger_stream)
-    except RedisError:
-        return Check(ok=True, detail="no stream yet")
-    for group in groups:
-        name = group["name"].decode() if isinstance(group["name"], bytes) else group["name"]
-        if name == settings.ledger_group:
-            waiting = int(group.get("lag") or 0) + int(group.get("pending") or 0)
-            return Check(
-                ok=waiting <= BACKLOG_LIMIT,
-                detail=f"{group.get('lag') or 0} entries unread, {group.get('pending')} pending",
-            )
-    return Check(ok=False, detail="no worker has created the consumer group yet")
+        backlog = await read_backlog_async(redis, settings.ledger_stream, settings.ledger_group)
+    except NoGroup:
+        return Check(ok=False, detail="no worker has created the ledger stream's group yet")
+    return Check(ok=backlog.waiting <= BACKLOG_LIMIT, detail=backlog.describe())
 
 
 async def _workers(settings: ApiSettings, redis: Redis) -> Check:

@@ -44,7 +44,7 @@ def instances_from_document(document: Any) -> list[Any]:
     present = [key for key in FORMATS if key in document]
     unknown = sorted(set(document) - set(FORMATS) - set(IGNORED))
     if len(present) != 1 or unknown:
-        shown = ", ".join(repr(k[:64]) for k in present + unknown) or "neither"
+        shown = ", ".join(repr(k[:64]) for k in (present + unknown)[:10]) or "neither"
         raise InvalidInput(
             f"the body must hold exactly one of 'instances' or 'inputs'; found {shown}",
             [FieldError("body", "exactly one of instances, inputs")],

@@ -60,7 +60,7 @@ def _from_json(document: Any) -> list[Any]:
     if len(present) != 1 or unknown:
         raise InvalidInput(
             f"the body must hold exactly one of {', '.join(FORMATS)} (and optionally params); "
-            f"found {', '.join(present + unknown) or 'none of them'}",
+            f"found {', '.join(repr(k[:64]) for k in (present + unknown)[:10]) or 'none of them'}",
             [FieldError("body", "exactly one input format")],
         )
     key = present[0]

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from enum import Enum
 
 # A claim whose owner died expires this soon; an owner always finishes well before.
-PENDING_TTL_SECONDS = 60
+PENDING_TTL_SECONDS = 15
 
 
 def fingerprint(model_name: str, model_version: str, row_digests: Iterable[str]) -> str:

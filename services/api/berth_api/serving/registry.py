@@ -1,7 +1,8 @@
 """The bundles this API process serves, loaded once at start-up from the models directory.
 
 A bundle that fails to load does not stop the others: its reason is kept for `/readyz` and the
-log, and requests for it get a 503 that says so.
+log, and requests for it get a 503 that says so. That includes a bundle the operator's trust
+policy (TRUSTED_TYPES, ALLOW_PICKLE, PICKLE_SHA256) does not allow to load.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from berth_api.bundles.bundle import (
     load_bundle,
     version_sort_key,
 )
+from berth_api.bundles.trust import TrustPolicy
 from berth_api.errors import ModelNotFound, ModelNotReady
 from berth_api.serving.batching import ModelBatcher
 from berth_api.serving.compiled import CompiledPredictor, NotCompiled
@@ -62,12 +64,15 @@ class ModelRegistry:
     @classmethod
     def load(cls, settings: ApiSettings) -> ModelRegistry:
         registry = cls(settings.models_dir, settings.default_model)
+        trust = TrustPolicy.from_settings(settings)
         for name, versions in bundle_dirs(settings.models_dir).items():
             for bundle_dir in versions:
                 key = f"{name}/{bundle_dir.name}"
                 try:
                     bundle = load_bundle(
-                        bundle_dir, allow_version_mismatch=settings.allow_version_mismatch
+                        bundle_dir,
+                        allow_version_mismatch=settings.allow_version_mismatch,
+                        trust=trust,
                     )
                 except BundleError as exc:
                     logger.error("not serving bundle %s: %s", key, exc)
