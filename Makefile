@@ -8,6 +8,8 @@ SHELL := bash
 .DEFAULT_GOAL := help
 
 COMPOSE ?= docker compose
+# Baked into the images (berth_build_info) by every build that compose runs from here.
+export GIT_SHA ?= $(shell git rev-parse --short=12 HEAD 2>/dev/null || echo unknown)
 PYTHON ?= python3
 VENV := .venv
 # The KServe SDK's own environment: its pins clash with Berth's (requirements/kserve-client.txt).
@@ -19,7 +21,9 @@ WAIT_TIMEOUT ?= 600
 TEST_PROJECT := berth-test
 TEST_ENV := .env.test
 TEST_API_PORT ?= 18000
-TEST_COMPOSE := COMPOSE_PROJECT_NAME=$(TEST_PROJECT) $(COMPOSE) --env-file $(TEST_ENV)
+# The monitoring profile is part of what `make test` checks (tests/e2e/test_monitoring.py).
+TEST_COMPOSE := COMPOSE_PROFILES=monitoring COMPOSE_PROJECT_NAME=$(TEST_PROJECT) $(COMPOSE) \
+  --env-file $(TEST_ENV)
 
 # `make test-faults` kills and restarts services, so it gets a third project of its own, with
 # short claim times: a killed worker's entries are taken over within seconds, not 30.
@@ -32,7 +36,7 @@ FAULTS_TIMEOUT ?= 2400
 
 PREDICT_BODY := {"features": [5.1, 3.5, 1.4, 0.2]}
 
-.PHONY: help up down clean logs ps build train package repackage audit migrate psql fmt lint typecheck test test-local \
+.PHONY: help up up-monitoring test-alerts down clean logs ps build train package repackage audit migrate psql fmt lint typecheck test test-local \
   test-faults bench
 
 help: ## list the targets
@@ -59,13 +63,20 @@ up: .env ## build, start, wait until every service is healthy; print where the A
 	echo "Berth is up."; \
 	echo "  API:   http://$$address"; \
 	echo "  Docs:  http://$$address/docs"; \
-	echo "  Try:   curl -s -X POST http://$$address/predict -H 'Content-Type: application/json' -d '$$body'"
+	echo "  Try:   curl -s -X POST http://$$address/predict -H 'Content-Type: application/json' -d '$$body'"; \
+	if [ -n "$$($(COMPOSE) ps --quiet prometheus 2>/dev/null)" ]; then \
+	  echo "  Prometheus: http://$$($(COMPOSE) port prometheus 9090)"; \
+	fi
+
+# COMPOSE_PROFILES=monitoring make up does the same: compose reads the variable itself.
+up-monitoring: ## make up, plus Prometheus scraping every api and worker and evaluating the alerts
+	COMPOSE_PROFILES=monitoring $(MAKE) up
 
 down: .env ## stop and remove the containers; the data volumes stay
 	$(COMPOSE) down --remove-orphans
 
 clean: .env ## stop and remove the containers and delete the volumes (database, Redis, models)
-	$(COMPOSE) --profile test down --volumes --remove-orphans
+	$(COMPOSE) --profile test --profile monitoring down --volumes --remove-orphans
 
 logs: .env ## follow the logs (one service: make logs S=api)
 	$(COMPOSE) logs --follow --tail=200 $(S)
@@ -182,8 +193,16 @@ fi; \
 exit $$status
 endef
 
-test: $(TEST_ENV) ## lint, typecheck, alembic check, unit + integration + e2e tests in containers
+test: $(TEST_ENV) test-alerts ## lint, typecheck, alembic check, unit + integration + e2e tests in containers
 	$(call in-test-project,$(TEST_COMPOSE),$(TEST_PROJECT),tests)
+
+# promtool ships in the Prometheus image: the stack's own configuration and alert rules are
+# checked there, and every alert's unit tests (firing and not) run.
+test-alerts: $(TEST_ENV) ## promtool: check the Prometheus config and rules, run the alerts' unit tests
+	$(TEST_COMPOSE) run --rm --no-deps --entrypoint /bin/promtool prometheus \
+	  check config /etc/prometheus/prometheus.yml
+	$(TEST_COMPOSE) run --rm --no-deps --entrypoint /bin/promtool prometheus \
+	  test rules /etc/prometheus/alerts.test.yml
 
 # tests/e2e/faults runs only when BERTH_FAULTS_ENV_FILE names the project's env file, through
 # which the tests drive compose (`make test` skips it); -s prints each scenario's figures.

@@ -20,6 +20,7 @@ import redis
 from sqlalchemy import create_engine, text
 
 from berth_api.ledger.spool import LedgerSpool
+from berth_api.monitoring import ApiMetrics
 from berth_api.serving.compiled import CompiledPredictor
 from berth_api.serving.predictor import Predictor, Predicts
 from berth_api.serving.registry import ModelRegistry
@@ -45,7 +46,7 @@ def _timings(predictor: Predicts, rows: list[list[Any]], calls: int) -> dict[str
 
 
 def floor(settings: ApiSettings) -> dict[str, Any]:
-    registry = ModelRegistry.load(settings)
+    registry = ModelRegistry.load(settings, ApiMetrics())
     served = registry.default()
     bundle = served.bundle
     engines: dict[str, Predicts] = {"scikit-learn": Predictor.for_bundle(bundle)}

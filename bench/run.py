@@ -30,6 +30,7 @@ import os
 import platform
 import random
 import shutil
+import statistics
 import subprocess
 import sys
 import time
@@ -203,6 +204,42 @@ def berth_runs(results: dict[str, Any]) -> None:
                 f"errors {point['errors']}  stored {point['ledger']['rows']} rows, "
                 f"lag p99 {point['ledger']['lag_p99_ms']} ms"
             )
+
+
+def restart_api(**environment: str) -> None:
+    """Recreates the api container with these settings (compose passes them through)."""
+    subprocess.run(
+        [*COMPOSE, "up", "--detach", "--no-deps", "--wait", "api"],
+        cwd=ROOT,
+        env={**os.environ, **environment},
+        check=True,
+        capture_output=True,
+    )
+    wait_http(f"http://127.0.0.1:{PORT}/predict", b'{"features":[5.1,3.5,1.4,0.2]}')
+
+
+def metrics_cost(results: dict[str, Any]) -> None:
+    """Distinct rows at 64 connections with the API's metrics off and on, alternated twice (the
+    machine's own drift then weighs on both alike); the cost is the difference of the medians."""
+    runs: dict[str, list[dict[str, Any]]] = {"off": [], "on": []}
+    for state in ("off", "on", "off", "on"):
+        restart_api(METRICS_ENABLED="false" if state == "off" else "true")
+        wrk(api_url(), 64, "berth", "distinct", seconds=3)  # warm-up
+        point = wrk(api_url(), 64, "berth", "distinct")
+        runs[state].append(point)
+        log(f"metrics {state:>3}: {point['rps']:>8.0f} req/s  p99 {point['p99_ms']:.2f} ms")
+    median = {state: statistics.median(p["rps"] for p in points) for state, points in runs.items()}
+    p99 = {state: statistics.median(p["p99_ms"] for p in points) for state, points in runs.items()}
+    cost = round(100 * (median["off"] - median["on"]) / median["off"], 1)
+    results["metrics_cost"] = {
+        "rps_off": median["off"],
+        "rps_on": median["on"],
+        "p99_ms_off": p99["off"],
+        "p99_ms_on": p99["on"],
+        "cost_pct": cost,
+        "runs": runs,
+    }
+    log(f"metrics cost at c=64: {cost}% of req/s")
 
 
 def worker_backlog(results: dict[str, Any]) -> None:
@@ -398,6 +435,8 @@ def summary(results: dict[str, Any]) -> list[str]:
         "",
         f"## make up: {json.dumps(results.get('make_up_s', {}))}",
         f"## images (MB): {json.dumps(results.get('image_sizes_mb', {}))}",
+        "## metrics, distinct rows at c=64 (median of two runs each): "
+        + json.dumps({k: v for k, v in results.get("metrics_cost", {}).items() if k != "runs"}),
         "",
     ]
     return lines
@@ -455,6 +494,7 @@ def main() -> int:
             text=True,
         )
         results["audit"] = {"exit_code": audit.returncode, "report": audit.stdout}
+        metrics_cost(results)
         worker_backlog(results)
         if BASELINES:
             baselines(results)

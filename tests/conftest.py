@@ -88,6 +88,7 @@ def api_settings(key_prefix: str, models_dir: Path) -> ApiSettings:
         spool_dir=models_dir.parent / "spool",
         spool_replay_interval_seconds=0.1,
         api_workers=1,
+        metrics_dir=models_dir.parent / "metrics",
     )
 
 

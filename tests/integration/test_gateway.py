@@ -13,6 +13,7 @@ from redis.asyncio import Redis as AsyncRedis
 
 from berth_api.ledger.gateway import Lookup, RedisGateway
 from berth_api.ledger.spool import LedgerSpool
+from berth_api.monitoring import ApiMetrics
 from berth_api.serving.predictor import ModelOutput
 from berth_common.ledger import PredictionRecord, decode_entry
 from berth_common.settings import CommonSettings
@@ -51,6 +52,7 @@ def test_mixed_reads_and_writes_in_one_round_trip_are_answered_in_order(
             keys=common_settings.keys,
             cache_ttl_seconds=60,
             spool=LedgerSpool(tmp_path),
+            metrics=ApiMetrics(),
         )
         try:
             a, b = ModelOutput("a", {"a": 1.0}), ModelOutput("b", None)
@@ -70,7 +72,9 @@ def test_mixed_reads_and_writes_in_one_round_trip_are_answered_in_order(
 
     results, round_trips, requests = asyncio.run(run())
     assert (round_trips, requests) == (2, 6)
-    assert results[0] is None
+    # the three requests' records share one stream entry, whose id each is told
+    (entry_id,) = [entry_id.decode() for entry_id, _ in redis_client.xrange(stream)]
+    assert results[0] == results[2] == results[4] == entry_id
     assert results[1] == Lookup([ModelOutput("virginica", {"virginica": 1.0}), None])
     assert results[3] == Lookup([None])
     assert results[5] == Lookup(

@@ -14,6 +14,7 @@ from sklearn.linear_model import LinearRegression
 from berth_api.app import create_app
 from berth_api.bundles.bundle import FeatureSpec, file_sha256, load_bundle, write_bundle
 from berth_api.bundles.repackage import repackage
+from berth_api.monitoring import ApiMetrics
 from berth_api.serving.registry import ModelRegistry
 from berth_common.settings import ApiSettings
 from tests.models import MarkedModel, make_legacy
@@ -47,7 +48,7 @@ def test_pickle_is_refused_by_default(
     settings: ApiSettings, marker: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     with caplog.at_level(logging.ERROR, logger="berth_api.serving.registry"):
-        registry = ModelRegistry.load(settings)
+        registry = ModelRegistry.load(settings, ApiMetrics())
     registry.close()
     assert not marker.exists()
     reason = registry.failures["marked/1"]
@@ -81,12 +82,12 @@ def test_allow_pickle_loads_it(settings: ApiSettings, marker: Path) -> None:
 def test_a_pin_loads_it_and_a_wrong_pin_refuses_it(settings: ApiSettings, marker: Path) -> None:
     digest = file_sha256(settings.models_dir / "marked" / "1" / "model.joblib")
     wrong = settings.model_copy(update={"pickle_sha256": f"marked/1={'a' * 64}"})
-    registry = ModelRegistry.load(wrong)
+    registry = ModelRegistry.load(wrong, ApiMetrics())
     registry.close()
     assert "PICKLE_SHA256 pins marked/1 to" in registry.failures["marked/1"]
     assert not marker.exists()
     pinned = settings.model_copy(update={"pickle_sha256": f"iris/7={'b' * 64}, marked/1={digest}"})
-    registry = ModelRegistry.load(pinned)
+    registry = ModelRegistry.load(pinned, ApiMetrics())
     registry.close()
     assert registry.failures == {}
     assert marker.exists()

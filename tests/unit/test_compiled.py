@@ -16,6 +16,7 @@ from sklearn.preprocessing import StandardScaler
 
 from berth_api.bundles.bundle import FeatureSpec, load_bundle, write_bundle
 from berth_api.errors import UnpredictableInput
+from berth_api.monitoring import ApiMetrics
 from berth_api.serving.batching import ModelBatcher
 from berth_api.serving.compiled import (
     TOLERANCE,
@@ -148,7 +149,9 @@ def test_one_refused_request_does_not_fail_those_batched_with_it() -> None:
     predictor = CompiledPredictor(compiled.graph, "float32", model, threads=1)
 
     async def run() -> tuple[object, ...]:
-        batcher = ModelBatcher(predictor, name="t", max_size=64, max_wait_seconds=0)
+        batcher = ModelBatcher(
+            predictor, name="t", version="1", metrics=ApiMetrics(), max_size=64, max_wait_seconds=0
+        )
         try:
             # gathered before the first call starts, so all three share one model call
             return await asyncio.gather(  # type: ignore[no-any-return]

@@ -12,6 +12,7 @@ from typing import Any
 from fastapi import FastAPI
 from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html
 from fastapi.responses import HTMLResponse, JSONResponse
+from prometheus_client import CollectorRegistry
 from redis.asyncio import Redis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
@@ -28,11 +29,15 @@ from berth_api.http.middleware import RequestIdMiddleware
 from berth_api.http.openapi import build_openapi
 from berth_api.http.problems import install_error_handlers
 from berth_api.http.routes import health, mlflow, models, predictions, v2
+from berth_api.http.routes import metrics as metrics_route
 from berth_api.ledger.gateway import RedisGateway
 from berth_api.ledger.spool import LedgerSpool
+from berth_api.monitor import monitor_forever, record_models
+from berth_api.monitoring import ApiMetrics
 from berth_api.serving.registry import ModelRegistry
 from berth_api.serving.service import PredictionService
 from berth_common.logconfig import configure_logging
+from berth_common.metrics import MergedCollector, SnapshotDirectory
 from berth_common.settings import ApiSettings, load_or_exit
 
 
@@ -56,10 +61,15 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
     # loaded them; both forms are built once, on first request.
     documents: dict[bool, dict[str, Any]] = {}
     loaded: dict[str, ModelRegistry] = {}
+    metrics = ApiMetrics(enabled=settings.metrics_enabled)
+    snapshots = SnapshotDirectory(settings.metrics_dir)
+    metrics_registry = CollectorRegistry(auto_describe=False)
+    metrics_registry.register(MergedCollector(metrics.set, snapshots))
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[dict[str, Any]]:
-        registry = await run_in_threadpool(ModelRegistry.load, settings)
+        registry = await run_in_threadpool(ModelRegistry.load, settings, metrics)
+        record_models(metrics, registry)
         documents.clear()
         loaded["registry"] = registry
         redis = redis_client(settings)
@@ -75,25 +85,40 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
             keys=settings.keys,
             cache_ttl_seconds=settings.cache_ttl_seconds,
             spool=spool,
+            metrics=metrics,
         )
-        replay = asyncio.create_task(gateway.replay_forever(settings.spool_replay_interval_seconds))
+        stop = asyncio.Event()
+        replay = asyncio.create_task(
+            gateway.replay_forever(settings.spool_replay_interval_seconds, stop)
+        )
         service = PredictionService(
             gateway,
             settings.keys,
             settings.max_batch_rows,
             settings.max_string_length,
+            metrics=metrics,
             idempotency_ttl_seconds=settings.idempotency_ttl_seconds,
             idempotency_wait_seconds=settings.idempotency_wait_seconds,
         )
         # Everything loaded so far (libraries, models) lives as long as the process: moved out of
         # the collector's sight, a full collection no longer walks it, which under load had
         # stalled requests for 100 ms and more.
+        monitor = asyncio.create_task(
+            monitor_forever(metrics, snapshots, settings, redis, gateway, stop)
+        )
         gc.collect()
         gc.freeze()
-        yield {"berth": ApiState(settings, registry, service, redis, engine, gateway)}
-        replay.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await replay
+        yield {
+            "berth": ApiState(settings, registry, service, redis, engine, gateway, metrics_registry)
+        }
+        stop.set()
+        # they end at their next step; a step stuck on a dead Redis is cut short
+        _done, stuck = await asyncio.wait({replay, monitor}, timeout=5)
+        for task in stuck:
+            task.cancel()
+        # the last figures of this process, for the sums the others still serve
+        with contextlib.suppress(OSError):
+            snapshots.publish(metrics.set)
         # whatever Redis can take now is not left waiting for the next start
         await gateway.replay_spool()
         spool.close()
@@ -130,13 +155,16 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
 
     install_error_handlers(app)
     install_documented_routes(app)
-    for module in (models, predictions, health, v2, mlflow):
+    for module in (models, predictions, health, v2, mlflow, metrics_route):
         app.include_router(module.router)
     app.include_router(v2.models_router)
     # The last added runs first: every response, a 401 or 413 included, carries the request id,
     # the key is checked before a body is read, and only then are the prediction paths routed.
     app.add_middleware(PredictionRouter)
     app.add_middleware(BodySizeLimitMiddleware, max_bytes=settings.max_body_bytes)
-    app.add_middleware(AccessMiddleware, policy=AccessPolicy(settings.api_key_list))
-    app.add_middleware(RequestIdMiddleware, access_log=settings.access_log)
+    policy = AccessPolicy(
+        settings.api_key_list, metrics_key=settings.metrics_key.get_secret_value()
+    )
+    app.add_middleware(AccessMiddleware, policy=policy)
+    app.add_middleware(RequestIdMiddleware, metrics=metrics, access_log=settings.access_log)
     return app

@@ -10,6 +10,7 @@ trades latency for throughput and is off by default.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable
@@ -28,6 +29,18 @@ class _Waiting(Generic[T, R]):
     item: T
     size: int
     future: asyncio.Future[R] = field(repr=False)
+
+
+async def pause(stop: asyncio.Event, seconds: float) -> None:
+    """Sleeps, or less if `stop` is set meanwhile.
+
+    The API's background loops end when their event is set rather than by cancellation: a task
+    cancelled while it waits for a thread (anyio's run_in_threadpool shields that wait) can lose
+    the cancellation and run on, and a shutdown that waits for it would wait for ever.
+    """
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(seconds):
+            await stop.wait()
 
 
 class Coalescer(Generic[T, R]):

@@ -22,9 +22,12 @@ import redis.asyncio
 
 # Counting further costs Redis more than a figure this large is worth: "at least this many".
 COUNT_LIMIT = 10_000
+# The number of entries after an id (up to a limit), and the first of them: only these cross the
+# network, not the entries.
 _COUNT_AFTER = """
 local entries = redis.call('XRANGE', KEYS[1], ARGV[1], '+', 'COUNT', tonumber(ARGV[2]))
-return #entries
+if #entries == 0 then return {0, false} end
+return {#entries, entries[1][1]}
 """
 
 
@@ -36,11 +39,22 @@ class Backlog:
     # delivered to a consumer, not yet acknowledged
     pending: int
     oldest_pending_age_seconds: float | None
+    oldest_unread_age_seconds: float | None
     length: int
 
     @property
     def waiting(self) -> int:
         return self.unread + self.pending
+
+    @property
+    def oldest_waiting_age_seconds(self) -> float | None:
+        """How long the oldest entry not yet stored has waited: the ledger's lag right now."""
+        ages = [
+            age
+            for age in (self.oldest_pending_age_seconds, self.oldest_unread_age_seconds)
+            if age is not None
+        ]
+        return max(ages) if ages else None
 
     def describe(self) -> str:
         unread = f"{self.unread}+" if self.unread_capped else str(self.unread)
@@ -62,7 +76,7 @@ def read_backlog(client: redis.Redis, stream: str, group: str) -> Backlog:
     first = _parse_first(pipe.execute(raise_on_error=False), group)
     counted = None
     if first.needs_count:
-        counted = int(client.eval(_COUNT_AFTER, 1, stream, f"({first.last_delivered}", COUNT_LIMIT))
+        counted = client.eval(_COUNT_AFTER, 1, stream, f"({first.last_delivered}", COUNT_LIMIT)
     return first.backlog(counted)
 
 
@@ -72,8 +86,9 @@ async def read_backlog_async(client: redis.asyncio.Redis, stream: str, group: st
     first = _parse_first(await pipe.execute(raise_on_error=False), group)
     counted = None
     if first.needs_count:
-        raw = client.eval(_COUNT_AFTER, 1, stream, f"({first.last_delivered}", COUNT_LIMIT)
-        counted = int(await raw)
+        counted = await client.eval(
+            _COUNT_AFTER, 1, stream, f"({first.last_delivered}", COUNT_LIMIT
+        )
     return first.backlog(counted)
 
 
@@ -95,16 +110,15 @@ class _FirstReads:
     def needs_count(self) -> bool:
         return self.length > 0 and _key(self.last_delivered) < _key(self.last_generated)
 
-    def backlog(self, counted: int | None) -> Backlog:
-        unread = counted or 0
-        age = None
-        if self.oldest_pending_id is not None:
-            age = max(0.0, time.time() - _key(self.oldest_pending_id)[0] / 1000)
+    def backlog(self, counted: Any) -> Backlog:
+        """`counted`: the script's reply, [count, first id or nil], when it was needed."""
+        unread, first_unread = (int(counted[0]), counted[1]) if counted else (0, None)
         return Backlog(
             unread=unread,
             unread_capped=unread >= COUNT_LIMIT,
             pending=self.pending,
-            oldest_pending_age_seconds=age,
+            oldest_pending_age_seconds=_age(self.oldest_pending_id),
+            oldest_unread_age_seconds=_age(_text(first_unread) if first_unread else None),
             length=self.length,
         )
 
@@ -127,6 +141,13 @@ def _parse_first(results: list[Any], group: str) -> _FirstReads:
         pending=int(pending["pending"]),
         oldest_pending_id=_text(oldest) if oldest else None,
     )
+
+
+def _age(stream_id: str | None) -> float | None:
+    """Seconds since the entry was added: its id starts with the time of the XADD."""
+    if stream_id is None:
+        return None
+    return max(0.0, time.time() - _key(stream_id)[0] / 1000)
 
 
 def _key(stream_id: str) -> tuple[int, int]:

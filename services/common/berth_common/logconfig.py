@@ -14,10 +14,30 @@ import json
 import logging
 import re
 import sys
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from contextvars import ContextVar
 from datetime import UTC, datetime
 
 request_id_var: ContextVar[str | None] = ContextVar("request_id", default=None)
+# More of what is being handled, for every line logged meanwhile (JSON lines carry each as a key):
+# the model and version of a request, the batch and stream ids a worker stores.
+log_fields_var: ContextVar[Mapping[str, object] | None] = ContextVar("log_fields", default=None)
+
+
+def add_log_fields(**fields: object) -> None:
+    """Adds to the fields of the request or batch being handled (reset by whoever began it)."""
+    log_fields_var.set({**(log_fields_var.get() or {}), **fields})
+
+
+@contextmanager
+def log_fields(**fields: object) -> Iterator[None]:
+    token = log_fields_var.set({**(log_fields_var.get() or {}), **fields})
+    try:
+        yield
+    finally:
+        log_fields_var.reset(token)
+
 
 _STANDARD_ATTRS = frozenset(logging.makeLogRecord({}).__dict__) | {"message", "asctime"}
 
@@ -25,6 +45,9 @@ _STANDARD_ATTRS = frozenset(logging.makeLogRecord({}).__dict__) | {"message", "a
 class RequestIdFilter(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         record.request_id = request_id_var.get() or "-"
+        for key, value in (log_fields_var.get() or {}).items():
+            if not hasattr(record, key):
+                setattr(record, key, value)
         return True
 
 

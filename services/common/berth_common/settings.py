@@ -286,6 +286,23 @@ class ApiSettings(CommonSettings):
     # An idle kept-alive connection is closed after this long.
     keep_alive_timeout_seconds: Annotated[int, Field(gt=0, le=3600)] = 5
 
+    # Prometheus metrics. Every API process publishes its figures to a file of its own in this
+    # directory once per interval; /metrics and the metrics port merge them all. The directory
+    # is emptied when the API starts (a fresh run starts its counters from zero).
+    # false stops the API counting anything (its /metrics then shows zeros): only to measure
+    # what the metrics cost, which make bench does.
+    metrics_enabled: bool = True
+    metrics_dir: Path = Path("/tmp/berth-metrics")  # noqa: S108 - the container's own /tmp
+    metrics_publish_interval_seconds: Annotated[float, Field(gt=0, le=60)] = 1.0
+    # The port that serves /metrics with no key, for Prometheus on the internal network; never
+    # publish it. 0 turns it off (GET /metrics on the API port remains).
+    metrics_port: Annotated[int, Field(ge=0, le=65535)] = 9100
+    # With API_KEYS set, GET /metrics on the API port also takes this key (a scraper's own),
+    # as well as the API keys.
+    metrics_key: SecretStr = SecretStr("")
+    # How often each process refreshes the ledger's gauges (backlog, spool, workers).
+    ledger_gauge_interval_seconds: Annotated[float, Field(gt=0, le=300)] = 5.0
+
     # X-Request-ID is an idempotency key: a retry with the same id and the same request (model,
     # version, rows) is answered as the first was, and recorded once; the same id with another
     # request is refused (409). Redis remembers each id this long.
@@ -325,6 +342,8 @@ class WorkerSettings(CommonSettings):
     # Deliveries after which an entry that still cannot be written goes to the dead-letter table.
     worker_max_deliveries: PositiveInt = 5
     worker_retry_max_seconds: Annotated[float, Field(gt=0)] = 30.0
+    # The port that serves the worker's Prometheus metrics (/metrics); 0 turns it off.
+    worker_metrics_port: Annotated[int, Field(ge=0, le=65535)] = 9101
 
     def heartbeat_key(self, consumer: str | None = None) -> str:
         return self.keys.heartbeat(consumer or self.worker_consumer_name)

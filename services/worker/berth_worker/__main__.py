@@ -15,11 +15,15 @@ import sys
 from collections.abc import Sequence
 from types import FrameType
 
+from prometheus_client import CollectorRegistry, start_http_server
+
 from berth_common.logconfig import configure_logging
+from berth_common.metrics import MergedCollector
 from berth_common.settings import WorkerSettings, load_or_exit
 from berth_worker.clients import check_redis, worker_engine, worker_redis
 from berth_worker.consumer import LedgerConsumer
 from berth_worker.health import check_health
+from berth_worker.monitoring import WorkerMetrics
 from berth_worker.writer import LedgerWriter
 
 log = logging.getLogger("berth_worker")
@@ -88,7 +92,12 @@ def run(settings: WorkerSettings) -> int:
     engine = worker_engine(settings)
     client = worker_redis(settings)
     writer = LedgerWriter(engine, max_deliveries=settings.worker_max_deliveries)
-    consumer = LedgerConsumer(settings, client, writer)
+    metrics = WorkerMetrics()
+    consumer = LedgerConsumer(settings, client, writer, metrics=metrics)
+    if settings.worker_metrics_port:
+        registry = CollectorRegistry(auto_describe=False)
+        registry.register(MergedCollector(metrics.set, None))
+        start_http_server(settings.worker_metrics_port, addr="0.0.0.0", registry=registry)  # noqa: S104
     ShutdownHandler(consumer).install()
     # Every batch makes thousands of short-lived objects, and each full collection they trigger
     # would walk every object of the libraries imported above, about a tenth of the worker's CPU

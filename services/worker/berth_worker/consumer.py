@@ -20,9 +20,11 @@ import redis
 from sqlalchemy.exc import SQLAlchemyError
 
 from berth_common.backlog import Backlog, NoGroup, read_backlog
+from berth_common.logconfig import log_fields
 from berth_common.settings import WorkerSettings
 from berth_worker.backoff import backoff_delay
 from berth_worker.health import Heartbeat, write_heartbeat
+from berth_worker.monitoring import WorkerMetrics
 from berth_worker.writer import LedgerWriter, StoreResult, StreamEntry
 
 log = logging.getLogger(__name__)
@@ -69,8 +71,10 @@ class LedgerConsumer:
         writer: LedgerWriter,
         *,
         rng: random.Random | None = None,
+        metrics: WorkerMetrics | None = None,
     ) -> None:
         self._settings = settings
+        self.metrics = metrics or WorkerMetrics()
         self._redis = redis_client
         self._writer = writer
         self._rng = rng or random.Random()
@@ -88,6 +92,7 @@ class LedgerConsumer:
         self._last_beat_at = -float("inf")
         self._beaten_state = ""
         self._state = "starting"
+        self._batches = 0
         # As of the last heartbeat: what the group has yet to store.
         self.backlog: Backlog | None = None
 
@@ -112,6 +117,7 @@ class LedgerConsumer:
             try:
                 step = self.process_available()
             except REDIS_OUTAGE_ERRORS as exc:
+                self.metrics.redis_up.set((), 0.0)
                 delay = backoff_delay(
                     outages, cap=self._settings.worker_retry_max_seconds, rng=self._rng
                 )
@@ -133,6 +139,7 @@ class LedgerConsumer:
                 log.warning("consumer group %s vanished (%s), recreating it", self._group, exc)
                 self._group_ready = False
                 continue
+            self.metrics.redis_up.set((), 1.0)
             if outages:
                 log.info("Redis reachable again after %d failed attempts", outages)
                 outages = 0
@@ -299,6 +306,8 @@ class LedgerConsumer:
         with contextlib.suppress(NoGroup):  # no stream or group yet: nothing to report
             backlog = read_backlog(self._redis, self._stream, self._group)
         self.backlog = backlog
+        if backlog is not None:
+            self.metrics.backlog.record(backlog)
         beat = Heartbeat(
             consumer=self._name,
             state=self._state,
@@ -307,6 +316,7 @@ class LedgerConsumer:
             unread=backlog.unread if backlog is not None else None,
         )
         write_heartbeat(self._redis, self._settings, beat)
+        self.metrics.last_heartbeat.set((), time.time())
         self._last_beat_at = time.monotonic()
         self._beaten_state = self._state
 
@@ -321,6 +331,15 @@ class LedgerConsumer:
     def _process(
         self, raw_entries: Sequence[RawEntry], *, first_delivery: bool = False
     ) -> BatchOutcome:
+        self._batches += 1
+        first, last = _text(raw_entries[0][0]), _text(raw_entries[-1][0])
+        # every line logged while the batch is handled names it: its number and stream ids
+        with log_fields(batch=f"{self._name}#{self._batches}", stream_ids=f"{first}..{last}"):
+            return self._process_batch(raw_entries, first_delivery=first_delivery)
+
+    def _process_batch(
+        self, raw_entries: Sequence[RawEntry], *, first_delivery: bool
+    ) -> BatchOutcome:
         ids = [_text(stream_id) for stream_id, _ in raw_entries]
         counts = {} if first_delivery else self._delivery_counts(ids)
         entries = [
@@ -332,13 +351,17 @@ class LedgerConsumer:
             for stream_id, (_, fields) in zip(ids, raw_entries, strict=True)
         ]
         self._last_batch_size = len(entries)
+        started = time.perf_counter()
         result = self._store(entries)
         if result is None:
             return BatchOutcome(entries=len(entries))
+        stored_at = time.time()
+        self._record_batch(result, time.perf_counter() - started, stored_at)
         if result.ackable:
             pipe = self._redis.pipeline(transaction=False)
             pipe.xack(self._stream, self._group, *result.ackable)
             pipe.execute()
+            self.metrics.entries_acknowledged.inc((), len(result.ackable))
         # Draining a long backlog is one loop iteration; keep the heartbeat fresh meanwhile.
         if time.monotonic() - self._last_beat_at >= self._settings.worker_heartbeat_ttl_seconds / 3:
             self.beat()
@@ -365,6 +388,7 @@ class LedgerConsumer:
             try:
                 result = self._writer.store(entries)
             except SQLAlchemyError as exc:
+                self.metrics.database_up.set((), 0.0)
                 if self._stop_requested:
                     log.warning(
                         "stopping with %d entries unwritten (%s); they stay pending",
@@ -391,10 +415,20 @@ class LedgerConsumer:
                     log.debug("heartbeat not written: %s", beat_error)
                 self._pause(delay)
                 continue
+            self.metrics.database_up.set((), 1.0)
             if attempt:
                 log.info("database write succeeded after %d retries", attempt)
                 self._state = "stopping" if self._stop_requested else "running"
             return result
+
+    def _record_batch(self, result: StoreResult, seconds: float, stored_at: float) -> None:
+        metrics = self.metrics
+        metrics.rows_stored.inc((), result.rows_inserted)
+        metrics.dead_letters.inc((), len(result.dead_lettered))
+        metrics.conflicts.inc((), result.rows_conflicting)
+        metrics.store_duration.observe((), seconds)
+        metrics.batch_rows.observe((), len(result.served_at))
+        metrics.lag.observe_many((), (max(0.0, stored_at - t) for t in result.served_at))
 
     def _delivery_counts(self, ids: list[str]) -> dict[str, int]:
         """How often the group has delivered each entry, from the pending entries list."""

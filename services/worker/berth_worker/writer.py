@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import NamedTuple, Protocol, cast
 
@@ -125,6 +125,8 @@ class StoreResult:
     rows_inserted: int = 0
     # Records kept in ledger_conflicts: their request id stands for a different request.
     rows_conflicting: int = 0
+    # When each committed record was served (Unix time): the ledger's lag, measured.
+    served_at: tuple[float, ...] = ()
 
     @property
     def ackable(self) -> tuple[str, ...]:
@@ -183,6 +185,7 @@ class LedgerWriter:
             dead_lettered=tuple(letter.stream_id for letter in dead),
             rows_inserted=rows,
             rows_conflicting=conflicts,
+            served_at=_served_at(r for _, records in decoded for r in records),
         )
 
     def _store_one_at_a_time(
@@ -192,6 +195,7 @@ class LedgerWriter:
     ) -> StoreResult:
         stored: list[str] = []
         deferred: list[str] = []
+        served_at: list[float] = []
         rows = conflicts = 0
         for entry, records in decoded:
             try:
@@ -199,6 +203,7 @@ class LedgerWriter:
                     inserted, conflicting = _insert_records(connection, records)
                 rows += inserted
                 conflicts += conflicting
+                served_at.extend(_served_at(records))
             except DATA_ERRORS as exc:
                 reason = _describe(exc)
                 if entry.delivery_count >= self._max_deliveries:
@@ -234,7 +239,12 @@ class LedgerWriter:
             deferred=tuple(deferred),
             rows_inserted=rows,
             rows_conflicting=conflicts,
+            served_at=tuple(served_at),
         )
+
+
+def _served_at(records: Iterable[PredictionRecord]) -> tuple[float, ...]:
+    return tuple(record.served_at.timestamp() for record in records)
 
 
 def _decode(entry: StreamEntry) -> list[PredictionRecord]:

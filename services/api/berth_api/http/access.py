@@ -22,18 +22,24 @@ from berth_api.http.problems import send_problem
 AUTHORIZATION = b"authorization"
 
 
+METRICS_PATH = "/metrics"
+
+
 class AccessPolicy:
-    def __init__(self, keys: Sequence[str]) -> None:
+    def __init__(self, keys: Sequence[str], *, metrics_key: str = "") -> None:
         self._keys = [key.encode() for key in keys]
+        # a scraper's own key, good for /metrics only
+        self._metrics_keys = [*self._keys, *([metrics_key.encode()] if metrics_key else [])]
 
     @property
     def enabled(self) -> bool:
         return bool(self._keys)
 
-    def check(self, authorization: Sequence[bytes]) -> None:
+    def check(self, authorization: Sequence[bytes], path: str = "") -> None:
         """Raises unless no keys are set or the one Authorization header bears one of them."""
         if not self._keys:
             return
+        keys = self._metrics_keys if path == METRICS_PATH else self._keys
         if len(authorization) > 1:
             # Proxies and frameworks disagree on which of two headers counts: refuse to guess.
             raise MalformedRequest("send one Authorization header, not several")
@@ -43,7 +49,7 @@ class AccessPolicy:
         supplied = token.strip()
         # Compare with every key, whatever matches, so timing tells nothing about which is close.
         matched = False
-        for key in self._keys:
+        for key in keys:
             matched |= hmac.compare_digest(supplied, key)
         if not matched:
             raise Unauthorized("the API key is not valid")
@@ -69,7 +75,7 @@ class AccessMiddleware:
                 request_context(scope).authorized = self.policy.allows(authorization)
             else:
                 try:
-                    self.policy.check(authorization)
+                    self.policy.check(authorization, path)
                 except (Unauthorized, MalformedRequest) as exc:
                     await send_problem(send, exc, error_style(path))
                     return

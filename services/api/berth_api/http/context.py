@@ -7,6 +7,8 @@ from dataclasses import dataclass
 from starlette.types import Scope
 
 SCOPE_KEY = "berth.request"
+# The template of the declared endpoint the prediction router matched, for the metrics.
+ROUTE_KEY = "berth.route"
 
 
 @dataclass(slots=True)

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from typing import Annotated
 
 from fastapi import Depends, Request
+from prometheus_client import CollectorRegistry
 from redis.asyncio import Redis
 from sqlalchemy import Engine
 
@@ -24,6 +25,8 @@ class ApiState:
     redis: Redis
     engine: Engine
     gateway: RedisGateway
+    # what /metrics renders: this process's figures merged with every other's
+    metrics_registry: CollectorRegistry
 
 
 # The dependencies are `async def` although they never await: FastAPI runs a plain `def`

@@ -18,13 +18,14 @@ from fastapi.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from berth_api.errors import BerthError
-from berth_api.http.context import RequestContext, request_context
+from berth_api.http.context import ROUTE_KEY, RequestContext, request_context
 from berth_api.http.deps import ApiState
 from berth_api.http.endpoints import PREDICTION_ENDPOINTS, PredictionEndpoint, prediction_endpoint
 from berth_api.http.openapi import documentation_for
 from berth_api.http.problems import send_problem
 from berth_api.protocols.door import DoorRequest, Limits
 from berth_api.protocols.v2 import BINARY_HEADER
+from berth_common.logconfig import add_log_fields
 
 _BINARY_HEADER = BINARY_HEADER.encode()
 JSON = "application/json"
@@ -44,6 +45,8 @@ async def answer(
         if name is None
         else state.registry.get(name, parameters.get("version"))
     )
+    # every line logged from here on, the access log's included, names the model
+    add_log_fields(model=served.bundle.name, model_version=served.bundle.version)
     limits = Limits(max_rows=state.settings.max_batch_rows)
     parsed = endpoint.door.parse(request, served.bundle.metadata, limits)
     prediction = await state.service.predict(
@@ -65,6 +68,7 @@ class PredictionRouter:
             await self.app(scope, receive, send)
             return
         endpoint, parameters = found
+        scope[ROUTE_KEY] = endpoint.path
         body, complete = await _read_body(receive)
         if not complete:  # the client went away: nobody to answer
             return

@@ -34,10 +34,11 @@ class PredictionEndpoint:
     pattern: re.Pattern[str] = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
-        # A parameter is one path segment; ":predict" after it is literal (TF Serving's form).
+        # A parameter is one path segment, as Starlette matches it (":predict" after it is then
+        # found by backtracking: TF Serving's form).
         parts = _PARAMETER.split(self.path)  # literal, name, literal, name, ..., literal
         regex = "".join(
-            f"(?P<{part}>[^/:]+)" if i % 2 else re.escape(part) for i, part in enumerate(parts)
+            f"(?P<{part}>[^/]+)" if i % 2 else re.escape(part) for i, part in enumerate(parts)
         )
         object.__setattr__(self, "pattern", re.compile(f"^{regex}$"))
 

@@ -19,10 +19,11 @@ from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from berth_api.errors import BerthError, InvalidRequestId, problem_body
-from berth_api.http.context import SCOPE_KEY, RequestContext
-from berth_api.http.endpoints import error_style
+from berth_api.http.context import ROUTE_KEY, SCOPE_KEY, RequestContext
+from berth_api.http.endpoints import error_style, prediction_endpoint
 from berth_api.http.problems import send_problem, send_raw_problem
-from berth_common.logconfig import request_id_var
+from berth_api.monitoring import UNMATCHED_ROUTE, ApiMetrics
+from berth_common.logconfig import log_fields_var, request_id_var
 from berth_common.settings import AccessLog
 
 HEADER = b"x-request-id"
@@ -34,8 +35,9 @@ logger = logging.getLogger(__name__)
 
 
 class RequestIdMiddleware:
-    def __init__(self, app: ASGIApp, *, access_log: AccessLog = "all") -> None:
+    def __init__(self, app: ASGIApp, *, metrics: ApiMetrics, access_log: AccessLog = "all") -> None:
         self.app = app
+        self.metrics = metrics
         self.access_log = access_log
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -58,9 +60,11 @@ class RequestIdMiddleware:
                 )
         scope[SCOPE_KEY] = RequestContext(request_id, supplied=bool(supplied) and not problem)
         token = request_id_var.set(request_id)
+        fields_token = log_fields_var.set(None)
         header = (HEADER, request_id.encode())
         status = 0
         started = time.perf_counter()
+        self.metrics.in_progress.inc()
 
         async def send_with_id(message: Message) -> None:
             nonlocal status
@@ -91,6 +95,9 @@ class RequestIdMiddleware:
                 )
             # else the response is cut short; re-raising would only log the error a second time
         finally:
+            elapsed = time.perf_counter() - started
+            self.metrics.in_progress.dec()
+            self.metrics.record_request(route_template(scope), scope["method"], status, elapsed)
             if self.access_log == "all" or (self.access_log == "errors" and status >= 400):
                 # "-": the client went away before any answer
                 access_logger.info(
@@ -98,6 +105,19 @@ class RequestIdMiddleware:
                     scope["method"],
                     scope["path"],
                     status or "-",
-                    (time.perf_counter() - started) * 1000,
+                    elapsed * 1000,
                 )
             request_id_var.reset(token)
+            log_fields_var.reset(fields_token)
+
+
+def route_template(scope: Scope) -> str:
+    """The route a request matched, as declared: a label value of bounded cardinality."""
+    template = scope.get(ROUTE_KEY)  # set by the prediction router
+    if template is not None:
+        return str(template)
+    path = getattr(scope.get("route"), "path", None)  # set by FastAPI's router
+    if isinstance(path, str):
+        return path
+    found = prediction_endpoint(scope["path"])  # refused before routing: a 401, a 413
+    return found[0].path if found is not None else UNMATCHED_ROUTE

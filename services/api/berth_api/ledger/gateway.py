@@ -31,9 +31,10 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 from starlette.concurrency import run_in_threadpool
 
-from berth_api.coalesce import Coalescer
+from berth_api.coalesce import Coalescer, pause
 from berth_api.errors import LedgerUnavailable
 from berth_api.ledger.spool import ClaimedSegment, LedgerSpool
+from berth_api.monitoring import ApiMetrics
 from berth_api.serving.cache import decode_output, encode_output
 from berth_api.serving.idempotency import PENDING_TTL_SECONDS, Claim, ClaimRecord, ClaimState
 from berth_api.serving.predictor import ModelOutput
@@ -82,8 +83,10 @@ class Lookup:
     held_by: ClaimRecord | None = None
 
 
-# what a round trip gives each request: a Lookup, or whether its record was queued
-_Answer = Lookup | bool
+# What a round trip gives each request: a Lookup, or where its records were kept (the stream
+# entry's id, or SPOOLED).
+_Answer = Lookup | str
+SPOOLED = "spool"
 # Deletes a claim only while it is still the pending claim of the request that made it.
 _RELEASE_SCRIPT = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then
@@ -101,8 +104,10 @@ class RedisGateway:
         keys: RedisKeys,
         cache_ttl_seconds: int,
         spool: LedgerSpool,
+        metrics: ApiMetrics,
     ) -> None:
         self._client = client
+        self._metrics = metrics
         self._keys = keys
         self._stream = keys.ledger_stream
         self._ttl = cache_ttl_seconds
@@ -137,12 +142,15 @@ class RedisGateway:
         records: list[PredictionRecord],
         new_outputs: dict[str, ModelOutput],
         completion: Completion | None = None,
-    ) -> None:
-        """Keeps the request's records in the stream, or else in the spool, or raises."""
+    ) -> str:
+        """Keeps the request's records in the stream, or else in the spool, or raises; says
+        where: the id of the stream entry that holds them, or SPOOLED."""
         if self._healthy:
-            await self._round_trips.submit(_Record(records, new_outputs, completion))
-            return
-        await self._spool(encode_entry(records), records[0].request_id)
+            where = await self._round_trips.submit(_Record(records, new_outputs, completion))
+            assert isinstance(where, str)
+            return where
+        await self._spool(encode_entry(records), len(records), records[0].request_id)
+        return SPOOLED
 
     async def claim_record(self, key: str) -> ClaimRecord | None:
         """What another request keeps under a request id now (None: nothing, it was released).
@@ -200,13 +208,17 @@ class RedisGateway:
                 self._failed("cache read", results[mget_at])
             else:
                 values = list(results[mget_at])
-        outcome: bool | BaseException = True
+        outcome: str | BaseException = SPOOLED
         appended = xadd_at is not None and bool(results) and not _failed(results[xadd_at])
-        if records and not appended:
+        if appended and xadd_at is not None:
+            self._metrics.records_appended.inc(("stream",), len(records))
+            outcome = _text(results[xadd_at])
+        elif records:
+            self._metrics.append_failures.inc()
             if results and xadd_at is not None:
                 self._failed("ledger append", results[xadd_at])
             try:
-                await self._spool(fields, records[0].request_id)
+                await self._spool(fields, len(records), records[0].request_id)
             except LedgerUnavailable as exc:
                 outcome = exc
         if results and (appended or not records) and (values is not None or not keys):
@@ -242,10 +254,12 @@ class RedisGateway:
             held_by = ClaimRecord("", ClaimState.DONE, "")
         return Lookup(outputs, claim_checked=True, held_by=held_by)
 
-    async def _spool(self, fields: dict[str, str], request_id: str) -> None:
+    async def _spool(self, fields: dict[str, str], rows: int, request_id: str) -> None:
         try:
             await run_in_threadpool(self.spool.append, fields)
+            self._metrics.records_appended.inc(("spool",), rows)
         except OSError as exc:
+            self._metrics.records_lost.inc((), rows)
             logger.error(
                 "ledger entry of request %s (and any sharing it) neither queued nor spooled: %r",
                 request_id,
@@ -305,9 +319,11 @@ class RedisGateway:
                 segment.release()
         return moved
 
-    async def replay_forever(self, interval_seconds: float) -> None:
-        while True:
-            await asyncio.sleep(interval_seconds)
+    async def replay_forever(self, interval_seconds: float, stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            await pause(stop, interval_seconds)
+            if stop.is_set():
+                return
             try:
                 if not self._healthy:
                     await self.probe()
@@ -324,6 +340,10 @@ class RedisGateway:
         if not self._healthy:
             logger.info("redis reachable again")
         self._healthy = True
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
 
 
 def _failed(result: Any) -> bool:

@@ -57,13 +57,18 @@ async def _backlog(settings: ApiSettings, redis: Redis) -> Check:
     return Check(ok=backlog.waiting <= BACKLOG_LIMIT, detail=backlog.describe())
 
 
-async def _workers(settings: ApiSettings, redis: Redis) -> Check:
-    pattern = settings.keys.heartbeat_pattern
+async def worker_beats(settings: ApiSettings, redis: Redis) -> list[dict[str, Any]]:
+    """The heartbeat of every worker whose heartbeat has not expired."""
     beats: list[dict[str, Any]] = []
-    async for key in redis.scan_iter(match=pattern, count=100):
+    async for key in redis.scan_iter(match=settings.keys.heartbeat_pattern, count=100):
         raw = await redis.get(key)
         if raw is not None:
             beats.append(json.loads(raw))
+    return beats
+
+
+async def _workers(settings: ApiSettings, redis: Redis) -> Check:
+    beats = await worker_beats(settings, redis)
     if not beats:
         return Check(ok=False, detail="no worker heartbeat: nothing is storing the ledger")
     states = sorted(f"{b.get('consumer')}: {b.get('state')}" for b in beats)

@@ -98,6 +98,19 @@ class LedgerSpool:
     def segments(self) -> list[Path]:
         return sorted(self.directory.glob(f"*{SUFFIX}"))
 
+    def oldest_age_seconds(self) -> float:
+        """Age of the oldest segment holding entries (its name starts with its creation time),
+        0 when none does: how long the spool has been waiting for Redis."""
+        for path in self.segments():
+            try:
+                if path.stat().st_size == 0:
+                    continue
+            except FileNotFoundError:
+                continue  # replayed meanwhile
+            created_ns = int(path.name.split("-", 1)[0])
+            return max(0.0, time.time() - created_ns / 1e9)
+        return 0.0
+
     def has_entries(self) -> bool:
         return any(path.stat().st_size > 0 for path in self.segments())
 

@@ -9,10 +9,12 @@ request is run on its own and only the one at fault gets the error.
 from __future__ import annotations
 
 import asyncio
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 from berth_api.coalesce import Coalescer
 from berth_api.errors import UnpredictableInput
+from berth_api.monitoring import ApiMetrics
 from berth_api.serving.features import Value
 from berth_api.serving.predictor import ModelOutput, Predicts
 
@@ -21,12 +23,23 @@ Rows = list[list[Value]]
 
 class ModelBatcher:
     def __init__(
-        self, predictor: Predicts, *, name: str, max_size: int, max_wait_seconds: float
+        self,
+        predictor: Predicts,
+        *,
+        name: str,
+        version: str,
+        metrics: ApiMetrics,
+        max_size: int,
+        max_wait_seconds: float,
     ) -> None:
         self.predictor = predictor
+        self._name, self._version = name, version
+        self._metrics = metrics
         # One thread: calls to one model are serial, which is what lets requests queue up and
         # share a call; the event loop never runs a model.
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"model-{name}")
+        self._executor = ThreadPoolExecutor(
+            max_workers=1, thread_name_prefix=f"model-{name}/{version}"
+        )
         self._coalescer: Coalescer[Rows, list[ModelOutput]] = Coalescer(
             self._run, max_size=max_size, size=len, max_wait_seconds=max_wait_seconds
         )
@@ -48,7 +61,16 @@ class ModelBatcher:
 
     async def _run(self, requests: list[Rows]) -> list[list[ModelOutput] | BaseException]:
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._executor, self._predict_all, requests)
+        started = time.perf_counter()
+        answers = await loop.run_in_executor(self._executor, self._predict_all, requests)
+        self._metrics.record_model_call(
+            self._name,
+            self._version,
+            self.engine,
+            sum(len(rows) for rows in requests),
+            time.perf_counter() - started,
+        )
+        return answers
 
     def _predict_all(self, requests: list[Rows]) -> list[list[ModelOutput] | BaseException]:
         if len(requests) == 1:

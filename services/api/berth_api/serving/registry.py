@@ -20,6 +20,7 @@ from berth_api.bundles.bundle import (
 )
 from berth_api.bundles.trust import TrustPolicy
 from berth_api.errors import ModelNotFound, ModelNotReady
+from berth_api.monitoring import ApiMetrics
 from berth_api.serving.batching import ModelBatcher
 from berth_api.serving.compiled import CompiledPredictor, NotCompiled
 from berth_api.serving.predictor import Predictor, Predicts
@@ -62,7 +63,7 @@ class ModelRegistry:
     failures: dict[str, str] = field(default_factory=dict)
 
     @classmethod
-    def load(cls, settings: ApiSettings) -> ModelRegistry:
+    def load(cls, settings: ApiSettings, metrics: ApiMetrics) -> ModelRegistry:
         registry = cls(settings.models_dir, settings.default_model)
         trust = TrustPolicy.from_settings(settings)
         for name, versions in bundle_dirs(settings.models_dir).items():
@@ -80,7 +81,9 @@ class ModelRegistry:
                     continue
                 batcher = ModelBatcher(
                     choose_predictor(bundle, settings),
-                    name=key,
+                    name=name,
+                    version=bundle.version,
+                    metrics=metrics,
                     max_size=settings.batch_max_size,
                     max_wait_seconds=settings.batch_max_wait_ms / 1000.0,
                 )

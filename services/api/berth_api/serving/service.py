@@ -18,6 +18,7 @@ from redis.exceptions import RedisError
 
 from berth_api.errors import IdempotencyConflict
 from berth_api.ledger.gateway import Completion, Lookup, RedisGateway
+from berth_api.monitoring import ApiMetrics
 from berth_api.schemas import ModelRef, PredictResponse, RowPrediction
 from berth_api.serving.cache import row_digest
 from berth_api.serving.features import rows_from_instances
@@ -26,6 +27,7 @@ from berth_api.serving.predictor import ModelOutput
 from berth_api.serving.registry import ServedModel
 from berth_common.keys import RedisKeys
 from berth_common.ledger import PredictionRecord
+from berth_common.logconfig import add_log_fields
 
 logger = logging.getLogger(__name__)
 
@@ -41,9 +43,11 @@ class PredictionService:
         max_rows: int,
         max_string_length: int,
         *,
+        metrics: ApiMetrics,
         idempotency_ttl_seconds: int = 86_400,
         idempotency_wait_seconds: float = 5.0,
     ) -> None:
+        self._metrics = metrics
         self._gateway = gateway
         self._keys = keys
         self._max_rows = max_rows
@@ -77,16 +81,27 @@ class PredictionService:
                 uuid.uuid4().hex,
             )
         lookup = await self._gateway.lookup(keys, claim)
+        hits = sum(output is not None for output in lookup.outputs)
+        self._metrics.cache_lookups.inc((metadata.name, metadata.version, "hit"), hits)
+        self._metrics.cache_lookups.inc((metadata.name, metadata.version, "miss"), len(rows) - hits)
         if claim is not None and lookup.held_by is not None:
-            answer = await self._answer_of_first(claim, lookup.held_by, request_id)
+            try:
+                answer = await self._answer_of_first(claim, lookup.held_by, request_id)
+            except IdempotencyConflict:
+                self._metrics.idempotency.inc(("conflict",))
+                raise
             if answer is not None:
+                self._metrics.idempotency.inc(("replayed",))
                 return answer
             lookup = await self._gateway.lookup(keys, claim)  # the first gave the id up
             if lookup.held_by is not None:
+                self._metrics.idempotency.inc(("conflict",))
                 raise _in_progress(request_id)
         # Unchecked (Redis unreachable), the request is served all the same; its records carry
         # the fingerprint, and the worker keeps a conflicting one apart.
         owned = claim if claim is not None and lookup.claim_checked else None
+        if claim is not None:
+            self._metrics.idempotency.inc(("first" if owned is not None else "unchecked",))
         request_hash = claim.fingerprint if claim is not None else None
         try:
             return await self._serve(
@@ -151,7 +166,19 @@ class PredictionService:
             completion = Completion(
                 claim.key, claim.done_value(answer.model_dump_json()), self._idempotency_ttl
             )
-        await self._gateway.record(records, fresh, completion)
+        entry = await self._gateway.record(records, fresh, completion)
+        # the access log line then says where the records went: a stream entry the worker's log
+        # names when it stores it (or the spool)
+        add_log_fields(ledger_entry=entry)
+        # counted once recorded: a request refused for want of a ledger was not served
+        classifier = metadata.classes is not None
+        self._metrics.record_answers(
+            metadata.name,
+            metadata.version,
+            [output.label for output in final],
+            [max(o.probabilities.values()) for o in final if o.probabilities],
+            classifier=classifier,
+        )
         return answer
 
     async def _answer_of_first(
