@@ -56,7 +56,12 @@ def engine(database_url: str) -> Iterator[Engine]:
 @pytest.fixture(autouse=True)
 def _empty_tables(engine: Engine) -> None:
     with engine.begin() as connection:
-        connection.execute(text("TRUNCATE predictions, ledger_dead_letters, ledger_conflicts"))
+        connection.execute(
+            text(
+                "TRUNCATE predictions, ledger_dead_letters, ledger_conflicts, feedback, "
+                "model_versions, reference_bins, replays"
+            )
+        )
 
 
 @pytest.fixture

@@ -9,7 +9,7 @@ understand instead of storing it wrong.
 from __future__ import annotations
 
 import json
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import (
     AwareDatetime,
@@ -51,6 +51,30 @@ class PredictionRecord(BaseModel):
     # The fingerprint of the request (model, version, rows) when the client named it with
     # X-Request-ID; the worker refuses a record whose request id is stored with another one.
     request_hash: Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{64}$")] | None = None
+
+
+class FeedbackRecord(BaseModel):
+    """One served row's true outcome, sent later by a client: appended by the API to the same
+    stream (or spool) as predictions, stored by the worker in `feedback`.
+
+    Feedback entries have their own format (FEEDBACK_FORMAT, the records in the field
+    FEEDBACK_FIELD), so that a worker that does not know them dead-letters them, loudly,
+    rather than misreading them.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    # given by the API to each row it accepts: the same entry stored twice is one row
+    feedback_id: Annotated[str, StringConstraints(min_length=1, max_length=64)]
+    request_id: RequestId
+    row_index: Annotated[int, Field(ge=0)]
+    actual: str | int | float | bool
+    received_at: AwareDatetime
+    source: Literal["api", "bulk"]
+
+
+FEEDBACK_FORMAT = "f1"
+FEEDBACK_FIELD = "feedback"
 
 
 class MalformedEntry(ValueError):
