@@ -21,6 +21,7 @@ WAIT_TIMEOUT ?= 600
 TEST_PROJECT := berth-test
 TEST_ENV := .env.test
 TEST_API_PORT ?= 18000
+TEST_PROMETHEUS_PORT ?= 19090
 # The monitoring profile is part of what `make test` checks (tests/e2e/test_monitoring.py).
 TEST_COMPOSE := COMPOSE_PROFILES=monitoring COMPOSE_PROJECT_NAME=$(TEST_PROJECT) $(COMPOSE) \
   --env-file $(TEST_ENV)
@@ -46,7 +47,7 @@ help: ## list the targets
 	scripts/init-env.sh $@
 
 $(TEST_ENV):
-	scripts/init-env.sh $@ API_PORT=$(TEST_API_PORT)
+	scripts/init-env.sh $@ API_PORT=$(TEST_API_PORT) PROMETHEUS_PORT=$(TEST_PROMETHEUS_PORT)
 
 $(FAULTS_ENV):
 	scripts/init-env.sh $@ API_PORT=$(FAULTS_API_PORT) WORKER_CLAIM_IDLE_MS=5000 \
@@ -99,9 +100,11 @@ train: .env ## retrain the demo model iris/1 into the models volume; restart a r
 # (no code runs when the api loads it) unless skops cannot represent it with trusted types: then
 # it is a pickle, which the api loads only once pinned in PICKLE_SHA256 (the command prints the
 # entry). TRUSTED_TYPES lists extra types the skops form may hold; the api needs the same list.
-package: .env ## package a fitted model: MODEL=model.joblib NAME=churn VERSION=3 [SAMPLE=sample.csv]
-	@if [ -z "$(MODEL)" ] || [ -z "$(NAME)" ] || [ -z "$(VERSION)" ]; then \
-	  echo "usage: make package MODEL=path/to/model.joblib NAME=churn VERSION=3 [SAMPLE=path/to/sample.csv] [TRUSTED_TYPES=pkg.module.Class,...]" >&2; \
+# SAMPLE is also the training reference the drift views compare served rows with; TARGET names its
+# column of true labels (or values), without which the model's predictions on it stand in.
+package: .env ## package a fitted model: MODEL=model.joblib NAME=churn VERSION=3 [SAMPLE=sample.csv [TARGET=column]]
+	@if [ -z "$(MODEL)" ] || [ -z "$(NAME)" ] || [ -z "$(VERSION)" ] || { [ -n "$(TARGET)" ] && [ -z "$(SAMPLE)" ]; }; then \
+	  echo "usage: make package MODEL=path/to/model.joblib NAME=churn VERSION=3 [SAMPLE=path/to/sample.csv [TARGET=label_column]] [TRUSTED_TYPES=pkg.module.Class,...]" >&2; \
 	  exit 2; \
 	fi
 	$(COMPOSE) build api
@@ -111,6 +114,7 @@ package: .env ## package a fitted model: MODEL=model.joblib NAME=churn VERSION=3
 	  seed-model python -m berth_api.bundles.package /input/model.joblib \
 	  --name "$(NAME)" --version "$(VERSION)" --models-dir /models \
 	  $(if $(SAMPLE),--sample /input/sample.csv) \
+	  $(if $(TARGET),--target "$(TARGET)") \
 	  $(if $(TRUSTED_TYPES),--trusted-types "$(TRUSTED_TYPES)")
 
 # Rewrites a pickle bundle (model.joblib) in the models volume in place as skops, keeping the rest
