@@ -31,6 +31,7 @@ from berth_api.http.problems import install_error_handlers
 from berth_api.http.routes import health, mlflow, models, predictions, v2
 from berth_api.http.routes import metrics as metrics_route
 from berth_api.ledger.gateway import RedisGateway
+from berth_api.ledger.references import record_versions_forever
 from berth_api.ledger.spool import LedgerSpool
 from berth_api.monitor import monitor_forever, record_models
 from berth_api.monitoring import ApiMetrics
@@ -106,6 +107,9 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
         monitor = asyncio.create_task(
             monitor_forever(metrics, snapshots, settings, redis, gateway, stop)
         )
+        # what each loaded version answers and its training reference, for the SQL views
+        bundles = [served.bundle.metadata for served in registry.models.values()]
+        versions = asyncio.create_task(record_versions_forever(engine, bundles, stop))
         gc.collect()
         gc.freeze()
         yield {
@@ -113,7 +117,7 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
         }
         stop.set()
         # they end at their next step; a step stuck on a dead Redis is cut short
-        _done, stuck = await asyncio.wait({replay, monitor}, timeout=5)
+        _done, stuck = await asyncio.wait({replay, monitor, versions}, timeout=5)
         for task in stuck:
             task.cancel()
         # the last figures of this process, for the sums the others still serve

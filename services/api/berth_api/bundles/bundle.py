@@ -81,6 +81,46 @@ class CompiledSpec(BaseModel):
     tolerance: float
 
 
+class ReferenceBinSpec(BaseModel):
+    """One bin of a training distribution and the share of training rows in it: numbers v with
+    lower <= v < upper (None is unbounded), or the values equal to `category`; a bin with
+    neither is "anything else", the values the training rows never held."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    lower: float | None = None
+    upper: float | None = None
+    category: Label | None = None
+    expected: float = Field(ge=0.0, le=1.0)
+
+
+class DistributionSpec(BaseModel):
+    """Numeric: decile ranges covering every number; categorical: one bin per category seen in
+    training, then "anything else" (expected 0)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    kind: Literal["numeric", "categorical"]
+    bins: list[ReferenceBinSpec] = Field(min_length=1)
+
+
+class PredictionDistributionSpec(DistributionSpec):
+    # whether the reference answers are the training labels (or targets) or the model's own
+    # predictions on the reference rows, when the labels were not given
+    source: Literal["labels", "predictions"]
+
+
+class ReferenceSpec(BaseModel):
+    """The training reference drift is measured against (reference.py computes it): each
+    feature's distribution and the answers', over `rows` reference rows."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    rows: int = Field(ge=1)
+    features: dict[str, DistributionSpec]
+    prediction: PredictionDistributionSpec
+
+
 class BundleMetadata(BaseModel):
     """What `metadata.json` holds; also what `GET /v1/models/{name}` returns."""
 
@@ -107,6 +147,9 @@ class BundleMetadata(BaseModel):
     # One valid row, keyed by feature name: what /docs offers as the example request.
     example: dict[str, Label] | None = None
     compiled: CompiledSpec | None = None
+    # Bundles packaged without a sample, and those made before references existed, have none:
+    # the drift views leave them out.
+    reference: ReferenceSpec | None = None
 
     @property
     def feature_names(self) -> list[str]:
@@ -278,6 +321,7 @@ def write_bundle(
     description: str = "",
     example: dict[str, Label] | None = None,
     compiled: tuple[bytes, CompiledSpec] | None = None,
+    reference: ReferenceSpec | None = None,
     replace: bool = False,
     trust: TrustPolicy = SAFE_POLICY,
     verify: Callable[[Any], None] | None = None,
@@ -333,6 +377,7 @@ def write_bundle(
             description=description,
             example=example,
             compiled=compiled[1] if compiled is not None else None,
+            reference=reference,
         )
         (staging / METADATA_FILE).write_text(
             json.dumps(metadata.model_dump(mode="json"), indent=2) + "\n"

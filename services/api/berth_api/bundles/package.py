@@ -1,4 +1,4 @@
-"""`python -m berth_api.bundles.package MODEL --name N --version V [--sample CSV]`: make a bundle.
+"""`python -m berth_api.bundles.package MODEL --name N --version V [--sample CSV [--target COL]]`.
 
 Turns a fitted scikit-learn estimator or Pipeline saved with joblib into a bundle the API serves.
 Reading that joblib file runs its code: the operator who packages it has chosen to trust it. The
@@ -9,12 +9,16 @@ Feature names come from the estimator (`feature_names_in_`) or the sample's head
 the sample's values (numbers unless a sample says otherwise). Before anything is written, the
 model must predict on the sample (or on a row of zeros) through the very code the API uses, so a
 bundle that is written is a bundle that serves; what cannot be served is refused with the reason.
+The sample is also the training reference the drift views measure served rows against
+(reference.py): its features, and the answers in its `--target` column (the true labels or
+values) or, without one, the model's own predictions on it. Without a sample there is none.
 """
 
 from __future__ import annotations
 
 import argparse
 import csv
+import math
 import os
 import sys
 import warnings
@@ -33,8 +37,11 @@ from berth_api.bundles.bundle import (
     BundleMetadata,
     FeatureSpec,
     FeatureType,
+    Label,
+    ReferenceSpec,
     write_bundle,
 )
+from berth_api.bundles.reference import model_classes, training_reference
 from berth_api.bundles.trust import TrustPolicy
 from berth_api.errors import BerthError
 from berth_api.serving.compiled import CompiledModel, NotCompiled, compile_model
@@ -42,6 +49,8 @@ from berth_api.serving.features import Value, rows_from_instances
 from berth_api.serving.predictor import Predictor
 from berth_common.settings import parse_trusted_types
 
+# Sample rows the model's skops copy and compiled form are compared with it on (every row is
+# checked through the API's validation and predictor).
 SAMPLE_ROWS_CHECKED = 100
 
 
@@ -88,6 +97,61 @@ def read_sample(path: Path) -> tuple[list[str], list[list[str]]]:
                 f"{path} line {line} has {len(row)} fields, the header {len(header)}"
             )
     return header, rows
+
+
+def split_target(
+    model: Any, sample: tuple[list[str], list[list[str]]], target: str
+) -> tuple[tuple[list[str], list[list[str]]], list[Label]]:
+    """The sample without its `target` column, and that column's values typed as the model
+    answers: one of its classes (as a string, a number or a boolean), or a number."""
+    header, rows = sample
+    if target not in header:
+        raise PackagingError(f"the sample has no --target column {target!r}")
+    if target in [str(name) for name in getattr(model, "feature_names_in_", [])]:
+        raise PackagingError(f"--target {target!r} is one of the model's features")
+    index = header.index(target)
+    texts = [row[index] for row in rows]
+    rest = (
+        [name for i, name in enumerate(header) if i != index],
+        [[value for i, value in enumerate(row) if i != index] for row in rows],
+    )
+    classes = model_classes(model)
+    if classes is None:
+        return rest, [_target_value(text, target) for text in texts]
+    return rest, [_class_of(text, classes, target) for text in texts]
+
+
+def _target_value(text: str, target: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not math.isfinite(value):
+        raise PackagingError(f"--target {target!r} holds {text[:64]!r}, not a finite number")
+    return value
+
+
+def _class_of(text: str, classes: list[Label], target: str) -> Label:
+    """The class `text` spells: its very string form, true/false in any case for a boolean
+    class, or the number it equals for a numeric one."""
+    for label in classes:
+        if str(label) == text:
+            return label
+    lowered = text.strip().lower()
+    for label in classes:
+        if isinstance(label, bool):
+            if lowered == str(label).lower():
+                return label
+        elif isinstance(label, int | float):
+            try:
+                if float(lowered) == label:
+                    return label
+            except ValueError:
+                pass
+    raise PackagingError(
+        f"--target {target!r} holds {text[:64]!r}, which is none of the model's classes "
+        f"{classes[:20]}"
+    )
 
 
 def infer_features(
@@ -147,10 +211,7 @@ def sample_instances(
     if sample is None:
         return [{feature.name: _zero(feature.type) for feature in features}]
     header, rows = sample
-    return [
-        {f.name: _parse(row[header.index(f.name)], f.type) for f in features}
-        for row in rows[:SAMPLE_ROWS_CHECKED]
-    ]
+    return [{f.name: _parse(row[header.index(f.name)], f.type) for f in features} for row in rows]
 
 
 def _zero(kind: FeatureType) -> Any:
@@ -244,6 +305,7 @@ def package(
     version: str,
     sample_path: Path | None = None,
     *,
+    target: str | None = None,
     description: str = "",
     allow_version_mismatch: bool = False,
     compile_onnx: bool = True,
@@ -252,12 +314,28 @@ def package(
 ) -> BundleMetadata:
     model = load_model(model_path, allow_version_mismatch=allow_version_mismatch)
     sample = read_sample(sample_path) if sample_path is not None else None
+    labels: list[Label] | None = None
+    if target is not None:
+        if sample is None:
+            raise PackagingError("--target names a column of the sample: pass --sample too")
+        sample, labels = split_target(model, sample, target)
     features = infer_features(model, sample)
     instances = sample_instances(features, sample)
-    rows = check_serves(model, features, instances)
+    # every sample row is checked: each one is also a row of the training reference
+    checked = check_serves(model, features, instances)
+    rows = checked[:SAMPLE_ROWS_CHECKED]
     compiled, outcome = try_compile(model, features, rows) if compile_onnx else (None, "")
     if outcome:
         report(outcome)
+    reference = sample_reference(model, features, checked if sample is not None else None, labels)
+    if reference is None:
+        report(
+            "no training reference (no --sample): the drift views (feature_drift, "
+            "prediction_drift) will have no rows for this model"
+        )
+    else:
+        answers = "--target column" if reference.prediction.source == "labels" else "model"
+        report(f"training reference: {reference.rows} sample rows, answers from the {answers}")
     try:
         return write_bundle(
             models_dir,
@@ -268,12 +346,29 @@ def package(
             description=description,
             example=instances[0],
             compiled=(compiled.graph, compiled.spec) if compiled is not None else None,
+            reference=reference,
             trust=TrustPolicy(trusted_types=trusted_types),
             verify=same_predictions(model, features, rows),
             report=report,
         )
     except BundleError as exc:
         raise PackagingError(str(exc)) from exc
+
+
+def sample_reference(
+    model: Any,
+    features: list[FeatureSpec],
+    rows: list[list[Value]] | None,
+    labels: list[Label] | None,
+) -> ReferenceSpec | None:
+    """The training reference of the sample's rows (checked as the API checks them), or None
+    without a sample."""
+    if rows is None:
+        return None
+    try:
+        return training_reference(model, features, rows, labels)
+    except BundleError as exc:
+        raise PackagingError(f"no training reference from the sample: {exc}") from exc
 
 
 def add_bundle_options(parser: argparse.ArgumentParser) -> None:
@@ -309,7 +404,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("model", type=Path, help="the .joblib file")
     add_bundle_options(parser)
-    parser.add_argument("--sample", type=Path, help="CSV with a header row: names, types, a check")
+    parser.add_argument(
+        "--sample",
+        type=Path,
+        help="CSV with a header row: names, types, a check, and the training reference for drift",
+    )
+    parser.add_argument(
+        "--target",
+        metavar="COLUMN",
+        help="the sample's column of true labels (or values), left out of the features: the "
+        "reference's answers; without it, the model's own predictions on the sample",
+    )
     parser.add_argument("--description", default="")
     parser.add_argument(
         "--no-compile", action="store_true", help="do not try the ONNX form; serve scikit-learn"
@@ -322,6 +427,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             args.name,
             args.version,
             args.sample,
+            target=args.target,
             description=args.description,
             allow_version_mismatch=args.allow_version_mismatch,
             compile_onnx=not args.no_compile,

@@ -4,9 +4,11 @@ A bundle made before Berth wrote skops holds `model.joblib`, which the API refus
 pinned or ALLOW_PICKLE is set. This reads it with joblib, which runs its code: running the command
 is the operator's statement that the file (the one its metadata.json names) is theirs. It then
 rewrites the bundle in place, atomically, with the model in skops' format and every other part
-kept (features, metrics, description, example, the compiled ONNX form and its spec), but only if
-the model read back from the skops file predicts exactly as the pickle did on the bundle's example
-row, rows of zeros and of ones, and (for all-numeric models) rows generated around them.
+kept (features, metrics, description, example, the compiled ONNX form and its spec, the training
+reference), but only if the model read back from the skops file predicts exactly as the pickle
+did on the bundle's example row, rows of zeros and of ones, and (for all-numeric models) rows
+generated around them. The model file's sha256 changes: the API, at its next start, replaces the
+version's rows in model_versions and reference_bins and logs that it did.
 """
 
 from __future__ import annotations
@@ -92,6 +94,7 @@ def repackage(
                 if bundle.compiled is not None and metadata.compiled is not None
                 else None
             ),
+            reference=metadata.reference,
             replace=True,
             trust=TrustPolicy(trusted_types=trusted_types),
             verify=same_predictions(bundle.model, features, rows),

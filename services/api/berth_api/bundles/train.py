@@ -20,6 +20,7 @@ from sklearn.model_selection import train_test_split
 
 from berth_api.bundles.bundle import BundleMetadata, FeatureSpec, bundle_dirs, write_bundle
 from berth_api.bundles.package import same_predictions, try_compile
+from berth_api.bundles.reference import training_reference
 
 DEMO_NAME = "iris"
 DEMO_VERSION = "1"
@@ -40,6 +41,8 @@ def train_demo(models_dir: Path, *, replace: bool = False) -> BundleMetadata:
     # checked against scikit-learn on every iris row plus generated ones
     compiled, outcome = try_compile(model, features, rows)
     print(outcome)
+    # what drift is measured against: the rows the forest learnt from, and their labels
+    reference = training_reference(model, features, x_train.tolist(), labels=y_train.tolist())
     return write_bundle(
         models_dir,
         model=model,
@@ -54,6 +57,7 @@ def train_demo(models_dir: Path, *, replace: bool = False) -> BundleMetadata:
         description="Demo: RandomForestClassifier(n_estimators=100) on scikit-learn's iris data.",
         example=dict(zip(IRIS_FEATURES, [5.1, 3.5, 1.4, 0.2], strict=True)),
         compiled=(compiled.graph, compiled.spec) if compiled is not None else None,
+        reference=reference,
         replace=replace,
         verify=same_predictions(model, features, rows),
         pickle_fallback=False,
