@@ -197,8 +197,10 @@ fi; \
 exit $$status
 endef
 
+# test-artifacts/ receives what the tests leave to look at (the dashboard's screenshot).
 test: $(TEST_ENV) test-alerts ## lint, typecheck, alembic check, unit + integration + e2e tests in containers
-	$(call in-test-project,$(TEST_COMPOSE),$(TEST_PROJECT),tests)
+	mkdir -p test-artifacts
+	$(call in-test-project,$(TEST_COMPOSE),$(TEST_PROJECT),-v "$(abspath test-artifacts):/artifacts" tests)
 
 # promtool ships in the Prometheus image: the stack's own configuration and alert rules are
 # checked there, and every alert's unit tests (firing and not) run.

@@ -28,7 +28,7 @@ from berth_api.http.limits import BodySizeLimitMiddleware
 from berth_api.http.middleware import RequestIdMiddleware
 from berth_api.http.openapi import build_openapi
 from berth_api.http.problems import install_error_handlers
-from berth_api.http.routes import health, mlflow, models, predictions, v2
+from berth_api.http.routes import dashboard, health, mlflow, models, predictions, v2
 from berth_api.http.routes import metrics as metrics_route
 from berth_api.ledger.gateway import RedisGateway
 from berth_api.ledger.references import record_versions_forever
@@ -66,6 +66,9 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
     snapshots = SnapshotDirectory(settings.metrics_dir)
     metrics_registry = CollectorRegistry(auto_describe=False)
     metrics_registry.register(MergedCollector(metrics.set, snapshots))
+    policy = AccessPolicy(
+        settings.api_key_list, metrics_key=settings.metrics_key.get_secret_value()
+    )
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[dict[str, Any]]:
@@ -113,7 +116,9 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
         gc.collect()
         gc.freeze()
         yield {
-            "berth": ApiState(settings, registry, service, redis, engine, gateway, metrics_registry)
+            "berth": ApiState(
+                settings, registry, service, redis, engine, gateway, metrics_registry, policy
+            )
         }
         stop.set()
         # they end at their next step; a step stuck on a dead Redis is cut short
@@ -159,16 +164,13 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
 
     install_error_handlers(app)
     install_documented_routes(app)
-    for module in (models, predictions, health, v2, mlflow, metrics_route):
+    for module in (models, predictions, health, v2, mlflow, metrics_route, dashboard):
         app.include_router(module.router)
     app.include_router(v2.models_router)
     # The last added runs first: every response, a 401 or 413 included, carries the request id,
     # the key is checked before a body is read, and only then are the prediction paths routed.
     app.add_middleware(PredictionRouter)
     app.add_middleware(BodySizeLimitMiddleware, max_bytes=settings.max_body_bytes)
-    policy = AccessPolicy(
-        settings.api_key_list, metrics_key=settings.metrics_key.get_secret_value()
-    )
     app.add_middleware(AccessMiddleware, policy=policy)
     app.add_middleware(RequestIdMiddleware, metrics=metrics, access_log=settings.access_log)
     return app

@@ -10,6 +10,7 @@ from prometheus_client import CollectorRegistry
 from redis.asyncio import Redis
 from sqlalchemy import Engine
 
+from berth_api.http.access import AccessPolicy
 from berth_api.http.context import RequestContext, request_context
 from berth_api.ledger.gateway import RedisGateway
 from berth_api.serving.registry import ModelRegistry
@@ -27,6 +28,8 @@ class ApiState:
     gateway: RedisGateway
     # what /metrics renders: this process's figures merged with every other's
     metrics_registry: CollectorRegistry
+    # the API-key policy the access middleware applies (the dashboard's login asks it too)
+    access: AccessPolicy
 
 
 # The dependencies are `async def` although they never await: FastAPI runs a plain `def`

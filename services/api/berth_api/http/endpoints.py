@@ -115,8 +115,9 @@ PREDICTION_ENDPOINTS: tuple[PredictionEndpoint, ...] = (
     ),
 )
 
-# Answered to anyone, keys or not: health for orchestrators and load balancers, and the docs.
-# /readyz and /openapi.json then leave out what only a key holder may see (see the routes).
+# Answered to anyone, keys or not: health for orchestrators and load balancers, the docs, and the
+# dashboard's login form (which takes the key). /readyz and /openapi.json then leave out what only
+# a key holder may see (see the routes).
 PUBLIC_PATHS = frozenset(
     {
         "/",
@@ -130,6 +131,10 @@ PUBLIC_PATHS = frozenset(
         "/docs/oauth2-redirect",
         "/redoc",
         "/openapi.json",
+        "/dashboard/login",
+        # what the login form itself loads
+        "/dashboard/static/dashboard.css",
+        "/dashboard/static/favicon.svg",
     }
 )
 
