@@ -37,7 +37,7 @@ FAULTS_TIMEOUT ?= 2400
 
 PREDICT_BODY := {"features": [5.1, 3.5, 1.4, 0.2]}
 
-.PHONY: help up up-monitoring test-alerts down clean logs ps build train package repackage audit migrate psql fmt lint typecheck test test-local \
+.PHONY: help up up-monitoring test-alerts down clean logs ps build train package repackage audit feedback replay migrate psql fmt lint typecheck test test-local \
   test-faults bench
 
 help: ## list the targets
@@ -134,6 +134,29 @@ repackage: .env ## rewrite a pickle bundle as skops: NAME=churn VERSION=3 [TRUST
 audit: .env ## do the ledger's books balance? served vs stored, pending, spooled, dead-lettered
 	$(COMPOSE) exec -T api python -m berth_api.ledger.audit \
 	  $(if $(SINCE),--since "$(SINCE)") $(if $(UNTIL),--until "$(UNTIL)")
+
+# The file goes to the api container on standard input; .jsonl (or .ndjson) is read as JSON lines,
+# anything else as CSV with the header request_id,row_index,actual. Prints what was accepted and,
+# by line number, what was not (exit 1 then).
+feedback: .env ## send ground truth in bulk: FILE=labels.csv (or labels.jsonl)
+	@if [ -z "$(FILE)" ]; then \
+	  echo "usage: make feedback FILE=labels.csv (header request_id,row_index,actual) or FILE=labels.jsonl" >&2; \
+	  exit 2; \
+	fi
+	$(COMPOSE) exec -T api python -m berth_api.ledger.feedback_upload \
+	  --format $(if $(filter %.jsonl %.ndjson,$(FILE)),jsonl,csv) < "$(FILE)"
+
+# Scores the traffic stored for model NAME (whichever versions served it) with its bundle VERSION,
+# in the api container, which reads the models volume; nothing is served or stored as a
+# prediction. Prints agreement and accuracy per served version and adds them to the replays table.
+# SINCE/UNTIL are ISO times (UTC unless they say otherwise); without them, all the stored traffic.
+replay: .env ## score stored traffic with a candidate: NAME=churn VERSION=3 [SINCE=..] [UNTIL=..] [JSON=1]
+	@if [ -z "$(NAME)" ] || [ -z "$(VERSION)" ]; then \
+	  echo "usage: make replay NAME=churn VERSION=3 [SINCE=2026-12-01T00:00] [UNTIL=2026-12-02T00:00] [JSON=1]" >&2; \
+	  exit 2; \
+	fi
+	$(COMPOSE) exec -T api python -m berth_api.ledger.replay --name "$(NAME)" --version "$(VERSION)" \
+	  $(if $(SINCE),--since "$(SINCE)") $(if $(UNTIL),--until "$(UNTIL)") $(if $(JSON),--json)
 
 migrate: .env ## apply the database migrations (alembic upgrade head)
 	$(COMPOSE) build worker

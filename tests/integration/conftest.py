@@ -59,7 +59,7 @@ def _empty_tables(engine: Engine) -> None:
         connection.execute(
             text(
                 "TRUNCATE predictions, ledger_dead_letters, ledger_conflicts, feedback, "
-                "model_versions, reference_bins, replays"
+                "feedback_duplicates, model_versions, reference_bins, replays"
             )
         )
 

@@ -85,6 +85,11 @@ def test_cli_prints_the_books(
     out = capsys.readouterr().out
     assert "the books balance" in out
     assert "pending (stream, not yet stored)" in out
+    # feedback has books of its own, printed after the predictions'
+    assert "feedback audit" in out
+    assert "duplicates (feedback_duplicates)" in out
+    assert main(["--json"]) == 0
+    assert '"feedback": {"since"' in capsys.readouterr().out
 
 
 def test_cli_says_when_a_source_is_unreachable(

@@ -29,6 +29,7 @@ from berth_api.http.middleware import RequestIdMiddleware
 from berth_api.http.openapi import build_openapi
 from berth_api.http.problems import install_error_handlers
 from berth_api.http.routes import dashboard, health, mlflow, models, predictions, v2
+from berth_api.http.routes import feedback as feedback_route
 from berth_api.http.routes import metrics as metrics_route
 from berth_api.ledger.gateway import RedisGateway
 from berth_api.ledger.references import record_versions_forever
@@ -167,6 +168,7 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
     for module in (models, predictions, health, v2, mlflow, metrics_route, dashboard):
         app.include_router(module.router)
     app.include_router(v2.models_router)
+    app.include_router(feedback_route.router)
     # The last added runs first: every response, a 401 or 413 included, carries the request id,
     # the key is checked before a body is read, and only then are the prediction paths routed.
     app.add_middleware(PredictionRouter)

@@ -124,6 +124,12 @@ class ApiMetrics:
             "berth_ledger_records_refused_total",
             "Records neither Redis nor the spool could keep; their requests were answered 503.",
         )
+        self.feedback_received = metrics.counter(
+            "berth_feedback_rows_received_total",
+            "Feedback rows accepted (202) and kept in the Redis stream or the spool, by source: "
+            "one request's feedback (api) or a bulk upload (bulk).",
+            ("source",),
+        )
         self.spool_entries = metrics.gauge(
             "berth_ledger_spool_entries",
             "Stream entries waiting in this API's spool for Redis.",

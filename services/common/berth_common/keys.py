@@ -9,6 +9,7 @@ find each family with `SCAN MATCH berth:cache:*`:
 | `{p}:ledger` | stream | ledger entries, read by the consumer group `writers` |
 | `{p}:cache:{model}:{version}:{row digest}` | string | one row's model output, with a TTL |
 | `{p}:served:{YYYY-MM-DD}` | hash | rows served per minute (`HH:MM`) that day, for the audit |
+| `{p}:feedback:received:{YYYY-MM-DD}` | hash | feedback rows accepted per minute, for the audit |
 | `{p}:worker:{consumer}:heartbeat` | string | a worker's state, with a TTL |
 | `{p}:idempotency:{request id}` | string | a client request id: its fingerprint and answer |
 """
@@ -39,6 +40,10 @@ class RedisKeys:
     def served(self, served_at: datetime) -> tuple[str, str]:
         """Hash key (one per UTC day) and field (minute) counting rows served in that minute."""
         return f"{self.prefix}:served:{served_at:%Y-%m-%d}", f"{served_at:%H:%M}"
+
+    def feedback_received(self, received_at: datetime) -> tuple[str, str]:
+        """Hash key (one per UTC day) and field (minute) counting feedback rows accepted then."""
+        return f"{self.prefix}:feedback:received:{received_at:%Y-%m-%d}", f"{received_at:%H:%M}"
 
     def heartbeat(self, consumer: str) -> str:
         return f"{self.prefix}:worker:{consumer}:heartbeat"

@@ -9,7 +9,7 @@ understand instead of storing it wrong.
 from __future__ import annotations
 
 import json
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, cast
 
 from pydantic import (
     AwareDatetime,
@@ -75,11 +75,16 @@ class FeedbackRecord(BaseModel):
 
 FEEDBACK_FORMAT = "f1"
 FEEDBACK_FIELD = "feedback"
+_FEEDBACK_FORMATS = frozenset({FEEDBACK_FORMAT})
+_FORMAT_KEY = FORMAT_FIELD.encode()
+_FEEDBACK_FORMAT_BYTES = FEEDBACK_FORMAT.encode()
 
 
 class MalformedEntry(ValueError):
     """A stream entry that can never become ledger rows; it belongs in the dead-letter table."""
 
+
+_FEEDBACK_LIST = TypeAdapter(list[FeedbackRecord])
 
 # Parses and validates in one pass, in pydantic's Rust core: about half the cost of json.loads
 # followed by model_validate, which matters to a worker that decodes every served row.
@@ -108,15 +113,7 @@ def encode_entry(records: list[PredictionRecord]) -> dict[str, str]:
 
 def decode_entry(fields: dict[bytes, bytes] | dict[str, str]) -> list[PredictionRecord]:
     """Records of one stream entry, or MalformedEntry saying why there are none."""
-    text = {_text(k): _text(v) for k, v in fields.items()}
-    version = text.get(FORMAT_FIELD)
-    if version not in READABLE_FORMATS:
-        raise MalformedEntry(
-            f"unknown entry format {version!r}, expected one of {sorted(READABLE_FORMATS)}"
-        )
-    raw = text.get(RECORDS_FIELD)
-    if raw is None:
-        raise MalformedEntry(f"entry has no {RECORDS_FIELD!r} field")
+    raw = _payload(fields, READABLE_FORMATS, RECORDS_FIELD)
     # The fast path accepts what the careful path below accepts, and gives the same records;
     # anything else, malformed or merely unusual, is left to the careful path to judge and explain.
     if not any(token in raw for token in _NON_FINITE_TOKENS):
@@ -127,16 +124,61 @@ def decode_entry(fields: dict[bytes, bytes] | dict[str, str]) -> list[Prediction
         else:
             if records:
                 return records
-    try:
-        items: Any = json.loads(raw, parse_constant=_reject_constant)
-    except ValueError as exc:
-        raise MalformedEntry(f"records are not valid JSON: {exc}") from exc
-    if not isinstance(items, list) or not items:
-        raise MalformedEntry("records must be a non-empty JSON array")
+    items = _json_array(raw, "records")
     try:
         return [PredictionRecord.model_validate(item) for item in items]
     except ValidationError as exc:
         raise MalformedEntry(f"invalid record: {_summarise(exc)}") from exc
+
+
+def _payload(
+    fields: dict[bytes, bytes] | dict[str, str], formats: frozenset[str], field: str
+) -> str:
+    """The entry's payload field, once its format is one of `formats`."""
+    text = {_text(k): _text(v) for k, v in fields.items()}
+    version = text.get(FORMAT_FIELD)
+    if version not in formats:
+        raise MalformedEntry(f"unknown entry format {version!r}, expected one of {sorted(formats)}")
+    raw = text.get(field)
+    if raw is None:
+        raise MalformedEntry(f"entry has no {field!r} field")
+    return raw
+
+
+def _json_array(raw: str, what: str) -> list[Any]:
+    try:
+        items: Any = json.loads(raw, parse_constant=_reject_constant)
+    except ValueError as exc:
+        raise MalformedEntry(f"{what} are not valid JSON: {exc}") from exc
+    if not isinstance(items, list) or not items:
+        raise MalformedEntry(f"{what} must be a non-empty JSON array")
+    return items
+
+
+def is_feedback_entry(fields: dict[bytes, bytes] | dict[str, str]) -> bool:
+    """Whether a stream entry says it holds feedback: a dictionary lookup or two, so that telling
+    the two kinds apart costs a prediction entry nothing it would notice."""
+    lookup = cast("dict[bytes | str, bytes | str]", fields)
+    version = lookup.get(_FORMAT_KEY) or lookup.get(FORMAT_FIELD)
+    return version in (_FEEDBACK_FORMAT_BYTES, FEEDBACK_FORMAT)
+
+
+def encode_feedback_entry(records: list[FeedbackRecord]) -> dict[str, str]:
+    """Stream fields for one XADD carrying feedback rows."""
+    payload = [record.model_dump(mode="json") for record in records]
+    return {
+        FORMAT_FIELD: FEEDBACK_FORMAT,
+        FEEDBACK_FIELD: json.dumps(payload, separators=(",", ":"), allow_nan=False),
+    }
+
+
+def decode_feedback_entry(fields: dict[bytes, bytes] | dict[str, str]) -> list[FeedbackRecord]:
+    """Feedback rows of one stream entry, or MalformedEntry saying why there are none."""
+    items = _json_array(_payload(fields, _FEEDBACK_FORMATS, FEEDBACK_FIELD), "feedback rows")
+    try:
+        return _FEEDBACK_LIST.validate_python(items)
+    except ValidationError as exc:
+        raise MalformedEntry(f"invalid feedback row: {_summarise(exc)}") from exc
 
 
 def raw_entry_text(fields: dict[bytes, bytes] | dict[str, str]) -> str:

@@ -158,11 +158,8 @@ class ReferenceBin(Base):
     __table_args__ = (CheckConstraint("subject IN ('feature', 'prediction')", name="subject"),)
 
 
-class Feedback(Base):
-    """The true outcome of a served row, sent later. Every distinct value sent for a row is kept:
-    the newest (by `received_at`) is its actual, the others its history."""
-
-    __tablename__ = "feedback"
+class ReceivedFeedback:
+    """A value of feedback as the API accepted it: the columns an actual and a duplicate share."""
 
     id: Mapped[int] = mapped_column(BigInteger, Identity(), primary_key=True)
     # given by the API to each row it accepts: a redelivered entry is stored once
@@ -171,11 +168,38 @@ class Feedback(Base):
     row_index: Mapped[int] = mapped_column(Integer)
     actual: Mapped[Any] = mapped_column(JSONB)
     received_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
-    stored_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
     source: Mapped[str] = mapped_column(Text)  # api (one request) or bulk (a file of them)
+
+
+class Feedback(ReceivedFeedback, Base):
+    """The true outcome of a served row, sent later. Every distinct value sent for a row is kept:
+    the newest (by `received_at`) is its actual, the others its history."""
+
+    __tablename__ = "feedback"
+
+    stored_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
 
     __table_args__ = (
         Index(None, "request_id", "row_index", "received_at"),
+        Index(None, "received_at"),
+    )
+
+
+class FeedbackDuplicate(ReceivedFeedback, Base):
+    """Feedback that repeated the value in effect when it was received (the row's newest value
+    received before it): not an actual, since nothing changed, but a receipt, so that every row
+    of feedback accepted is accounted for exactly once (the audit) whatever order entries were
+    stored in. `duplicate_of` is the feedback row whose value it repeats."""
+
+    __tablename__ = "feedback_duplicates"
+
+    duplicate_of: Mapped[str] = mapped_column(Text)
+    detected_at: Mapped[datetime] = mapped_column(
+        DateTime(timezone=True), server_default=func.now()
+    )
+
+    __table_args__ = (
+        Index(None, "request_id", "row_index"),
         Index(None, "received_at"),
     )
 
@@ -222,4 +246,5 @@ ledger_conflicts = cast(Table, LedgerConflict.__table__)
 model_versions = cast(Table, ModelVersion.__table__)
 reference_bins = cast(Table, ReferenceBin.__table__)
 feedback = cast(Table, Feedback.__table__)
+feedback_duplicates = cast(Table, FeedbackDuplicate.__table__)
 replays = cast(Table, Replay.__table__)

@@ -426,6 +426,8 @@ class LedgerConsumer:
         metrics.rows_stored.inc((), result.rows_inserted)
         metrics.dead_letters.inc((), len(result.dead_lettered))
         metrics.conflicts.inc((), result.rows_conflicting)
+        metrics.feedback_stored.inc((), result.feedback_stored)
+        metrics.feedback_duplicates.inc((), result.feedback_duplicates)
         metrics.store_duration.observe((), seconds)
         metrics.batch_rows.observe((), len(result.served_at))
         metrics.lag.observe_many((), (max(0.0, stored_at - t) for t in result.served_at))

@@ -34,6 +34,15 @@ class WorkerMetrics:
             "Records whose request id the ledger holds for another request, kept in "
             "`ledger_conflicts`.",
         )
+        self.feedback_stored = metrics.counter(
+            "berth_feedback_rows_stored_total",
+            "Feedback rows written to `feedback`: a row's first actual or a correction.",
+        )
+        self.feedback_duplicates = metrics.counter(
+            "berth_feedback_duplicates_total",
+            "Feedback rows that repeated the value in effect when they were received, kept as "
+            "receipts in `feedback_duplicates` instead.",
+        )
         self.store_duration = metrics.histogram(
             "berth_ledger_store_duration_seconds",
             "Time to store one batch of entries, the commit included.",

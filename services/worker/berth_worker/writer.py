@@ -28,8 +28,17 @@ from sqlalchemy import Connection, Engine
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.exc import DataError, DBAPIError, IntegrityError
 
-from berth_common.ledger import MalformedEntry, PredictionRecord, decode_entry, raw_entry_text
+from berth_common.ledger import (
+    MalformedEntry,
+    PredictionRecord,
+    decode_entry,
+    decode_feedback_entry,
+    encode_feedback_entry,
+    is_feedback_entry,
+    raw_entry_text,
+)
 from berth_common.tables import LedgerDeadLetter, ledger_conflicts, predictions
+from berth_worker.feedback import FeedbackEntry, FeedbackOutcome, UnstoredRows, store_feedback
 
 log = logging.getLogger(__name__)
 
@@ -127,6 +136,9 @@ class StoreResult:
     rows_conflicting: int = 0
     # When each committed record was served (Unix time): the ledger's lag, measured.
     served_at: tuple[float, ...] = ()
+    # Feedback rows written to `feedback` (new actuals, corrections) and `feedback_duplicates`.
+    feedback_stored: int = 0
+    feedback_duplicates: int = 0
 
     @property
     def ackable(self) -> tuple[str, ...]:
@@ -151,12 +163,26 @@ class LedgerWriter:
         self._max_deliveries = max_deliveries
 
     def store(self, entries: Sequence[StreamEntry]) -> StoreResult:
-        """Writes a batch; raises SQLAlchemyError when the database could not be used at all."""
+        """Writes a batch; raises SQLAlchemyError when the database could not be used at all.
+
+        Predictions first, then feedback, in one transaction: feedback that follows its
+        prediction in the stream finds it stored.
+        """
         decoded: list[tuple[StreamEntry, list[PredictionRecord]]] = []
+        labelled: list[FeedbackEntry] = []
         dead: list[_DeadLetter] = []
         for entry in entries:
             try:
-                decoded.append((entry, _decode(entry)))
+                if entry.fields and is_feedback_entry(entry.fields):
+                    labelled.append(
+                        FeedbackEntry(
+                            entry.stream_id,
+                            entry.delivery_count,
+                            decode_feedback_entry(entry.fields),
+                        )
+                    )
+                else:
+                    decoded.append((entry, _decode(entry)))
             except MalformedEntry as exc:
                 log.warning(
                     "ledger entry %s is malformed, dead-lettering it: %s",
@@ -165,45 +191,62 @@ class LedgerWriter:
                     extra={"stream_id": entry.stream_id},
                 )
                 dead.append(_dead_letter(entry, str(exc)))
-        if not decoded and not dead:
+        if not decoded and not dead and not labelled:
             return StoreResult()
         try:
             with self._engine.begin() as connection:
                 rows, conflicts = _insert_records(
                     connection, [r for _, records in decoded for r in records]
                 )
-                _insert_dead_letters(connection, dead)
+                feedback = store_feedback(connection, labelled, self._max_deliveries)
+                _insert_dead_letters(connection, dead + _feedback_dead_letters(feedback))
         except DATA_ERRORS as exc:
             log.warning(
                 "batch of %d ledger entries refused (%s); storing them one at a time",
                 len(entries),
                 _describe(exc),
             )
-            return self._store_one_at_a_time(decoded, dead)
+            return self._store_one_at_a_time(decoded, labelled, dead)
         return StoreResult(
-            stored=tuple(entry.stream_id for entry, _ in decoded),
-            dead_lettered=tuple(letter.stream_id for letter in dead),
+            stored=(*(entry.stream_id for entry, _ in decoded), *feedback.stored),
+            dead_lettered=(
+                *(letter.stream_id for letter in dead),
+                *(letter.stream_id for letter in feedback.dead_letters),
+            ),
+            deferred=tuple(feedback.deferred),
             rows_inserted=rows,
             rows_conflicting=conflicts,
             served_at=_served_at(r for _, records in decoded for r in records),
+            feedback_stored=feedback.rows_stored,
+            feedback_duplicates=feedback.duplicates,
         )
 
     def _store_one_at_a_time(
         self,
         decoded: list[tuple[StreamEntry, list[PredictionRecord]]],
+        labelled: list[FeedbackEntry],
         dead: list[_DeadLetter],
     ) -> StoreResult:
         stored: list[str] = []
         deferred: list[str] = []
         served_at: list[float] = []
         rows = conflicts = 0
-        for entry, records in decoded:
+        feedback = FeedbackOutcome()
+        # in stream order, so that feedback finds the predictions stored before it
+        work: list[tuple[StreamEntry | FeedbackEntry, list[PredictionRecord] | None]] = [
+            *decoded,
+            *((entry, None) for entry in labelled),
+        ]
+        work.sort(key=lambda item: _stream_order(item[0].stream_id))
+        for entry, records in work:
             try:
                 with self._engine.begin() as connection:
-                    inserted, conflicting = _insert_records(connection, records)
-                rows += inserted
-                conflicts += conflicting
-                served_at.extend(_served_at(records))
+                    if records is None:
+                        assert isinstance(entry, FeedbackEntry)
+                        outcome = store_feedback(connection, [entry], self._max_deliveries)
+                        _insert_dead_letters(connection, _feedback_dead_letters(outcome))
+                    else:
+                        inserted, conflicting = _insert_records(connection, records)
             except DATA_ERRORS as exc:
                 reason = _describe(exc)
                 if entry.delivery_count >= self._max_deliveries:
@@ -216,6 +259,9 @@ class LedgerWriter:
                         extra={"stream_id": entry.stream_id},
                     )
                     error = f"not stored after {entry.delivery_count} deliveries: {reason}"
+                    if isinstance(entry, FeedbackEntry):
+                        fields = encode_feedback_entry(entry.records)
+                        entry = StreamEntry(entry.stream_id, fields, entry.delivery_count)
                     dead.append(_dead_letter(entry, error))
                 else:
                     log.warning(
@@ -229,18 +275,52 @@ class LedgerWriter:
                     )
                     deferred.append(entry.stream_id)
             else:
+                if records is None:
+                    feedback.stored += outcome.stored
+                    feedback.deferred += outcome.deferred
+                    feedback.dead_letters += outcome.dead_letters
+                    feedback.rows_stored += outcome.rows_stored
+                    feedback.duplicates += outcome.duplicates
+                    continue
+                rows += inserted
+                conflicts += conflicting
+                served_at.extend(_served_at(records))
                 stored.append(entry.stream_id)
         if dead:
             with self._engine.begin() as connection:
                 _insert_dead_letters(connection, dead)
         return StoreResult(
-            stored=tuple(stored),
-            dead_lettered=tuple(letter.stream_id for letter in dead),
-            deferred=tuple(deferred),
+            stored=(*stored, *feedback.stored),
+            dead_lettered=(
+                *(letter.stream_id for letter in dead),
+                *(letter.stream_id for letter in feedback.dead_letters),
+            ),
+            deferred=(*deferred, *feedback.deferred),
             rows_inserted=rows,
             rows_conflicting=conflicts,
             served_at=tuple(served_at),
+            feedback_stored=feedback.rows_stored,
+            feedback_duplicates=feedback.duplicates,
         )
+
+
+def _stream_order(stream_id: str) -> tuple[int, int]:
+    millis, _, sequence = stream_id.partition("-")
+    try:
+        return int(millis), int(sequence or 0)
+    except ValueError:
+        return (0, 0)
+
+
+def _feedback_dead_letters(outcome: FeedbackOutcome) -> list[_DeadLetter]:
+    return [_unstored_letter(rows) for rows in outcome.dead_letters]
+
+
+def _unstored_letter(rows: UnstoredRows) -> _DeadLetter:
+    """A dead letter holding the feedback rows of an entry that were not stored, as an entry of
+    its own: what the audit counts and what an operator would send again."""
+    entry = StreamEntry(rows.stream_id, encode_feedback_entry(rows.records), rows.delivery_count)
+    return _dead_letter(entry, rows.error)
 
 
 def _served_at(records: Iterable[PredictionRecord]) -> tuple[float, ...]:

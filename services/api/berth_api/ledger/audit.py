@@ -9,6 +9,11 @@ For a time range (by the minute each row was served) it counts, from independent
 - dead-lettered: rows of entries in `ledger_dead_letters`.
 served = stored + pending + spooled + dead-lettered when nothing is lost. A client that sends the
 same X-Request-ID twice is served twice and stored once, which shows as a surplus of served rows.
+
+Feedback has books of its own, by the minute each row was received: received (the API's counters,
+plus the spooled rows) = stored (`feedback`) + duplicates (`feedback_duplicates`, values that
+repeated the one in effect) + pending (in the stream, not yet stored: rows of an entry that waits
+for its prediction and were already stored count as stored) + spooled + dead-lettered.
 Runs where the API runs (`make audit`), since it reads the spool volume.
 """
 
@@ -17,7 +22,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -29,9 +34,16 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from berth_api.ledger.spool import LedgerSpool
 from berth_common.keys import RedisKeys
-from berth_common.ledger import MalformedEntry, PredictionRecord, decode_entry
+from berth_common.ledger import (
+    FeedbackRecord,
+    MalformedEntry,
+    PredictionRecord,
+    decode_entry,
+    decode_feedback_entry,
+    is_feedback_entry,
+)
 from berth_common.settings import ApiSettings, load_or_exit
-from berth_common.tables import ledger_dead_letters, predictions
+from berth_common.tables import feedback, feedback_duplicates, ledger_dead_letters, predictions
 
 
 @dataclass(frozen=True)
@@ -56,9 +68,7 @@ def audit(
     settings: ApiSettings, client: redis.Redis, engine: Engine, since: datetime, until: datetime
 ) -> Books:
     # The counters are per minute: whole minutes, so every source counts the same rows.
-    since = since.replace(second=0, microsecond=0)
-    if until.second or until.microsecond:
-        until = until.replace(second=0, microsecond=0) + timedelta(minutes=1)
+    since, until = _whole_minutes(since, until)
     spooled = _in_range(spooled_records(LedgerSpool(settings.spool_dir)), since, until)
     return Books(
         since=since.isoformat(),
@@ -71,11 +81,141 @@ def audit(
     )
 
 
+@dataclass(frozen=True)
+class FeedbackBooks:
+    since: str
+    until: str
+    received: int
+    stored: int
+    duplicates: int
+    pending: int
+    spooled: int
+    dead_lettered: int
+
+    @property
+    def unaccounted(self) -> int:
+        accounted = self.stored + self.duplicates + self.pending + self.spooled + self.dead_lettered
+        return self.received - accounted
+
+    def as_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "unaccounted": self.unaccounted}
+
+
+def audit_feedback(
+    settings: ApiSettings, client: redis.Redis, engine: Engine, since: datetime, until: datetime
+) -> FeedbackBooks:
+    """The books of feedback rows received in the range (whole minutes, as for predictions)."""
+    since, until = _whole_minutes(since, until)
+    spooled = _received_in(spooled_feedback(LedgerSpool(settings.spool_dir)), since, until)
+    with engine.connect() as connection:
+        stored = _count_received(connection, feedback, since, until)
+        duplicates = _count_received(connection, feedback_duplicates, since, until)
+    return FeedbackBooks(
+        since=since.isoformat(),
+        until=until.isoformat(),
+        received=received_rows(client, settings.keys, since, until) + spooled,
+        stored=stored,
+        duplicates=duplicates,
+        pending=_received_in(_not_stored(engine, pending_feedback(client, settings)), since, until),
+        spooled=spooled,
+        dead_lettered=dead_lettered_feedback(engine, since, until),
+    )
+
+
+def _whole_minutes(since: datetime, until: datetime) -> tuple[datetime, datetime]:
+    since = since.replace(second=0, microsecond=0)
+    if until.second or until.microsecond:
+        until = until.replace(second=0, microsecond=0) + timedelta(minutes=1)
+    return since, until
+
+
+def _count_received(connection: Any, table: Any, since: datetime, until: datetime) -> int:
+    query = select(func.count()).where(table.c.received_at >= since, table.c.received_at < until)
+    return int(connection.execute(query).scalar_one())
+
+
+def received_rows(client: redis.Redis, keys: RedisKeys, since: datetime, until: datetime) -> int:
+    """Feedback rows the API accepted per its counters, by the minute they were received."""
+    return _counted(client, keys.feedback_received, since, until)
+
+
+def pending_feedback(client: redis.Redis, settings: ApiSettings) -> Iterable[FeedbackRecord]:
+    """Feedback rows of entries no worker has acknowledged."""
+    for fields in _waiting_entries(client, settings):
+        if is_feedback_entry(fields):
+            yield from _feedback_records(fields)
+
+
+def spooled_feedback(spool: LedgerSpool) -> Iterable[FeedbackRecord]:
+    for fields in _spooled_entries(spool):
+        if is_feedback_entry(fields):
+            yield from _feedback_records(fields)
+
+
+def dead_lettered_feedback(engine: Engine, since: datetime, until: datetime) -> int:
+    """Feedback rows of dead letters received in the range (a dead letter holds only the rows
+    that were not stored); a feedback entry too broken to say counts once if it failed within."""
+    total = 0
+    for fields, failed_at in _dead_letters(engine):
+        if fields is None or not is_feedback_entry(fields):
+            continue
+        try:
+            records = decode_feedback_entry(fields)
+        except MalformedEntry:
+            total += since <= failed_at < until
+            continue
+        total += _received_in(records, since, until)
+    return total
+
+
+def _not_stored(engine: Engine, records: Iterable[FeedbackRecord]) -> list[FeedbackRecord]:
+    """Pending rows less those stored already: an entry waiting for one row's prediction keeps
+    its other rows, stored at its first delivery, in the stream until it is acknowledged."""
+    waiting = list(records)
+    if not waiting:
+        return waiting
+    ids = [record.feedback_id for record in waiting]
+    with engine.connect() as connection:
+        done = set(
+            connection.execute(
+                select(feedback.c.feedback_id)
+                .where(feedback.c.feedback_id.in_(ids))
+                .union_all(
+                    select(feedback_duplicates.c.feedback_id).where(
+                        feedback_duplicates.c.feedback_id.in_(ids)
+                    )
+                )
+            ).scalars()
+        )
+    return [record for record in waiting if record.feedback_id not in done]
+
+
+def _feedback_records(fields: Any) -> list[FeedbackRecord]:
+    try:
+        return decode_feedback_entry(fields)
+    except MalformedEntry:
+        return []  # the worker will dead-letter it; it is counted there
+
+
+def _received_in(records: Iterable[FeedbackRecord], since: datetime, until: datetime) -> int:
+    return sum(1 for record in records if since <= record.received_at < until)
+
+
 def served_rows(client: redis.Redis, keys: RedisKeys, since: datetime, until: datetime) -> int:
+    return _counted(client, keys.served, since, until)
+
+
+def _counted(
+    client: redis.Redis,
+    key_of: Callable[[datetime], tuple[str, str]],
+    since: datetime,
+    until: datetime,
+) -> int:
+    """The sum of per-minute counters (a hash per UTC day) over the minutes of the range."""
     total = 0
     day = since.replace(hour=0, minute=0, second=0, microsecond=0)
     while day < until:
-        key, _ = keys.served(day)
+        key, _ = key_of(day)
         for field, count in client.hgetall(key).items():
             hour, minute = (int(part) for part in _text(field).split(":"))
             minute_start = day.replace(hour=hour, minute=minute)
@@ -95,6 +235,13 @@ def stored_rows(engine: Engine, since: datetime, until: datetime) -> int:
 
 def pending_records(client: redis.Redis, settings: ApiSettings) -> Iterable[PredictionRecord]:
     """Records of entries no worker has acknowledged: never delivered, or delivered and pending."""
+    for fields in _waiting_entries(client, settings):
+        if not is_feedback_entry(fields):
+            yield from _records(fields)
+
+
+def _waiting_entries(client: redis.Redis, settings: ApiSettings) -> Iterable[Any]:
+    """The fields of every entry no worker has acknowledged, once each."""
     stream, group = settings.ledger_stream, settings.ledger_group
     try:
         groups = client.xinfo_groups(stream)
@@ -104,18 +251,22 @@ def pending_records(client: redis.Redis, settings: ApiSettings) -> Iterable[Pred
         (_text(g["last-delivered-id"]) for g in groups if _text(g["name"]) == group), None
     )
     start = "-" if last_delivered is None else f"({last_delivered}"
-    for _, fields in client.xrange(stream, min=start, max="+") or []:
-        yield from _records(fields)
+    yield from (fields for _, fields in client.xrange(stream, min=start, max="+") or [])
     if last_delivered is None:
         return  # no worker has read anything yet: every entry was counted above
     pending = client.xpending_range(stream, group, min="-", max="+", count=1_000_000)
     for row in pending:
         entry_id = _text(row["message_id"])
-        for _, fields in client.xrange(stream, min=entry_id, max=entry_id) or []:
-            yield from _records(fields)
+        yield from (fields for _, fields in client.xrange(stream, min=entry_id, max=entry_id) or [])
 
 
 def spooled_records(spool: LedgerSpool) -> Iterable[PredictionRecord]:
+    for fields in _spooled_entries(spool):
+        if not is_feedback_entry(fields):
+            yield from _records(fields)
+
+
+def _spooled_entries(spool: LedgerSpool) -> Iterable[Any]:
     for path in spool.segments():
         try:
             lines = path.read_text(encoding="utf-8").splitlines(keepends=True)
@@ -123,25 +274,42 @@ def spooled_records(spool: LedgerSpool) -> Iterable[PredictionRecord]:
             continue  # replayed meanwhile
         for line in lines:
             if line.endswith("\n"):
-                yield from _records(json.loads(line))
+                yield json.loads(line)
 
 
 def dead_lettered_rows(engine: Engine, since: datetime, until: datetime) -> int:
     """Rows of dead-lettered entries served in the range; an entry too broken to say counts once
-    if it failed within the range."""
+    if it failed within the range. Feedback entries have books of their own."""
     total = 0
+    for fields, failed_at in _dead_letters(engine):
+        if fields is not None and is_feedback_entry(fields):
+            continue
+        try:
+            if fields is None:
+                raise MalformedEntry("payload is not JSON")
+            records = decode_entry(fields)
+        except MalformedEntry:
+            total += since <= failed_at < until
+            continue
+        total += _in_range(records, since, until)
+    return total
+
+
+def _dead_letters(engine: Engine) -> list[tuple[Any, datetime]]:
+    """Each dead letter's entry fields (None when its payload is not a JSON object), and when
+    it failed."""
     with engine.connect() as connection:
         rows = connection.execute(
             select(ledger_dead_letters.c.payload, ledger_dead_letters.c.failed_at)
-        )
-        for payload, failed_at in rows:
-            try:
-                records = decode_entry(json.loads(payload))
-            except (MalformedEntry, ValueError):
-                total += since <= failed_at < until
-                continue
-            total += _in_range(records, since, until)
-    return total
+        ).all()
+    letters: list[tuple[Any, datetime]] = []
+    for payload, failed_at in rows:
+        try:
+            fields = json.loads(payload)
+        except ValueError:
+            fields = None
+        letters.append((fields if isinstance(fields, dict) else None, failed_at))
+    return letters
 
 
 def _records(fields: Any) -> list[PredictionRecord]:
@@ -165,22 +333,49 @@ def _moment(text: str) -> datetime:
 
 
 def render(books: Books) -> str:
-    rows = [
-        ("served", books.served),
-        ("stored (predictions)", books.stored),
-        ("pending (stream, not yet stored)", books.pending),
-        ("spooled (waiting for Redis)", books.spooled),
-        ("dead-lettered", books.dead_lettered),
-        ("unaccounted", books.unaccounted),
-    ]
+    return _table(
+        "ledger audit",
+        books.since,
+        books.until,
+        [
+            ("served", books.served),
+            ("stored (predictions)", books.stored),
+            ("pending (stream, not yet stored)", books.pending),
+            ("spooled (waiting for Redis)", books.spooled),
+            ("dead-lettered", books.dead_lettered),
+            ("unaccounted", books.unaccounted),
+        ],
+        " (a surplus of served rows can be client retries that reused a request id)",
+    )
+
+
+def render_feedback(books: FeedbackBooks) -> str:
+    return _table(
+        "feedback audit",
+        books.since,
+        books.until,
+        [
+            ("received", books.received),
+            ("stored (feedback)", books.stored),
+            ("duplicates (feedback_duplicates)", books.duplicates),
+            ("pending (stream, not yet stored)", books.pending),
+            ("spooled (waiting for Redis)", books.spooled),
+            ("dead-lettered", books.dead_lettered),
+            ("unaccounted", books.unaccounted),
+        ],
+    )
+
+
+def _table(
+    title: str, since: str, until: str, rows: list[tuple[str, int]], unbalanced_why: str = ""
+) -> str:
+    """The books as a table; the last row is what is unaccounted for."""
     width = max(len(name) for name, _ in rows)
-    lines = [f"ledger audit {books.since} .. {books.until}"]
+    lines = [f"{title} {since} .. {until}"]
     lines += [f"  {name:<{width}}  {value:>10,}" for name, value in rows]
+    balanced = rows[-1][1] == 0
     lines.append(
-        "  the books balance"
-        if books.unaccounted == 0
-        else "  the books do NOT balance (a surplus of served rows can be client retries "
-        "that reused a request id)"
+        "  the books balance" if balanced else f"  the books do NOT balance{unbalanced_why}"
     )
     return "\n".join(lines)
 
@@ -198,6 +393,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     engine = create_engine(settings.database_url)
     try:
         books = audit(settings, client, engine, since, until)
+        labels = audit_feedback(settings, client, engine, since, until)
     except (redis.RedisError, SQLAlchemyError) as exc:
         # The books need every source; a partial count would look like a loss.
         print(f"berth audit: cannot read the ledger: {exc!r}", file=sys.stderr)
@@ -205,8 +401,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     finally:
         client.close()
         engine.dispose()
-    print(json.dumps(books.as_dict()) if args.json else render(books))
-    return 0 if books.unaccounted == 0 else 1
+    if args.json:
+        print(json.dumps({**books.as_dict(), "feedback": labels.as_dict()}))
+    else:
+        print(render(books), render_feedback(labels), sep="\n\n")
+    return 0 if books.unaccounted == 0 and labels.unaccounted == 0 else 1
 
 
 if __name__ == "__main__":

@@ -39,7 +39,16 @@ from berth_api.serving.cache import decode_output, encode_output
 from berth_api.serving.idempotency import PENDING_TTL_SECONDS, Claim, ClaimRecord, ClaimState
 from berth_api.serving.predictor import ModelOutput
 from berth_common.keys import RedisKeys
-from berth_common.ledger import MalformedEntry, PredictionRecord, decode_entry, encode_entry
+from berth_common.ledger import (
+    FeedbackRecord,
+    MalformedEntry,
+    PredictionRecord,
+    decode_entry,
+    decode_feedback_entry,
+    encode_entry,
+    encode_feedback_entry,
+    is_feedback_entry,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -47,6 +56,8 @@ SERVED_COUNTER_TTL_SECONDS = 40 * 24 * 3600
 REPLAY_BATCH = 200
 # Requests whose Redis work may share one pipeline.
 MAX_OPS_PER_ROUND_TRIP = 256
+# Feedback rows per stream entry: a bulk upload of many rows is a few entries, not one huge one.
+FEEDBACK_ENTRY_ROWS = 1000
 
 
 @dataclass(frozen=True, slots=True)
@@ -151,6 +162,46 @@ class RedisGateway:
             return where
         await self._spool(encode_entry(records), len(records), records[0].request_id)
         return SPOOLED
+
+    async def append_feedback(self, records: list[FeedbackRecord]) -> str:
+        """Keeps feedback rows in the stream (entries of at most FEEDBACK_ENTRY_ROWS rows, added
+        together with their received counts in one MULTI), or else in the spool, or raises
+        LedgerUnavailable; says where: the id of the (last) stream entry, or SPOOLED."""
+        entries = [
+            encode_feedback_entry(records[start : start + FEEDBACK_ENTRY_ROWS])
+            for start in range(0, len(records), FEEDBACK_ENTRY_ROWS)
+        ]
+        where = SPOOLED
+        if self._healthy:
+            pipe = self._client.pipeline(transaction=True)
+            for fields in entries:
+                pipe.xadd(self._stream, fields)  # type: ignore[arg-type]
+            self._count_received(pipe, records)
+            try:
+                results = await pipe.execute()
+            except (RedisError, OSError) as exc:
+                self._metrics.append_failures.inc()
+                self._failed("feedback append", exc)
+            else:
+                self._recovered()
+                where = _text(results[len(entries) - 1])
+        if where == SPOOLED:
+            try:
+                for fields in entries:
+                    await run_in_threadpool(self.spool.append, fields)
+            except OSError as exc:
+                logger.error(
+                    "feedback of request %s neither queued nor spooled: %r",
+                    records[0].request_id,
+                    exc,
+                )
+                raise LedgerUnavailable(
+                    "the feedback could not be recorded (Redis and the local spool both "
+                    "failed); it was not accepted"
+                ) from exc
+        for source, rows in Counter(record.source for record in records).items():
+            self._metrics.feedback_received.inc((source,), rows)
+        return where
 
     async def claim_record(self, key: str) -> ClaimRecord | None:
         """What another request keeps under a request id now (None: nothing, it was released).
@@ -270,6 +321,20 @@ class RedisGateway:
                 "it was not served"
             ) from exc
 
+    def _count_received(self, pipe: object, records: Iterable[FeedbackRecord]) -> None:
+        counts = Counter(self._keys.feedback_received(r.received_at) for r in records)
+        for (key, field), rows in counts.items():
+            pipe.hincrby(key, field, rows)  # type: ignore[attr-defined]
+            pipe.expire(key, SERVED_COUNTER_TTL_SECONDS)  # type: ignore[attr-defined]
+
+    def _count_replayed(self, pipe: object, fields: dict[str, str]) -> None:
+        """Counts a spooled entry as served or received as it enters the stream: the counts
+        that its first append would have made."""
+        if is_feedback_entry(fields):
+            self._count_received(pipe, decode_feedback_entry(fields))
+        else:
+            self._count_served(pipe, decode_entry(fields))
+
     def _count_served(self, pipe: object, records: Iterable[PredictionRecord]) -> None:
         counts = Counter(self._keys.served(r.served_at) for r in records)
         for (key, field), rows in counts.items():
@@ -305,7 +370,7 @@ class RedisGateway:
                             pipe.xadd(self._stream, fields)  # type: ignore[arg-type]
                             # a malformed entry is still queued: the worker dead-letters it
                             with contextlib.suppress(MalformedEntry):
-                                self._count_served(pipe, decode_entry(fields))
+                                self._count_replayed(pipe, fields)
                         await pipe.execute()
                 except (RedisError, OSError) as exc:
                     logger.warning("spool replay of %s interrupted: %r", segment.path.name, exc)
