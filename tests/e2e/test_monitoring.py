@@ -31,11 +31,28 @@ def metrics_port_total(api_url: str, name: str, **labels: str) -> float:
     return found
 
 
+def settled_totals(api_url: str) -> tuple[float, float]:
+    """The /predict 200s and iris rows counted so far, once the processes have published every
+    earlier request: each publishes its counts about once a second, so the tests before this one
+    may still be arriving. Two readings 2.5 s apart that agree are settled."""
+    previous: tuple[float, float] | None = None
+
+    def reading() -> tuple[float, float] | None:
+        nonlocal previous
+        current = (
+            metrics_port_total(
+                api_url, "berth_http_requests_total", route="/predict", status="200"
+            ),
+            metrics_port_total(api_url, "berth_predictions_total", model="iris"),
+        )
+        settled, previous = current == previous, current
+        return current if settled else None
+
+    return wait_until(reading, what="the metrics to settle", timeout=30, every=2.5)
+
+
 def test_counts_are_exact_over_every_api_process(api: httpx.Client, api_url: str) -> None:
-    before = metrics_port_total(
-        api_url, "berth_http_requests_total", route="/predict", status="200"
-    )
-    rows_before = metrics_port_total(api_url, "berth_predictions_total", model="iris")
+    before, rows_before = settled_totals(api_url)
     sent = 60  # spread by the kernel over the container's API_WORKERS processes
     for i in range(sent):
         body = {"instances": [[5.0 + i / 1000, 3.5, 1.4, 0.2], ROW]}

@@ -25,6 +25,7 @@ import redis
 from sqlalchemy import Engine, RootTransaction, create_engine, text
 from sqlalchemy.exc import SQLAlchemyError
 
+from berth_common.ledger import FEEDBACK_FORMAT
 from berth_common.settings import CommonSettings
 from tests.conftest import ROOT
 from tests.e2e.faults.load import Backlog, backlog
@@ -139,6 +140,7 @@ class Ledger:
         self.redis = client
         self.stream = settings.ledger_stream
         self.group = settings.ledger_group
+        self.keys = settings.keys
 
     def backlog(self) -> Backlog | None:
         return backlog(self.redis, self.stream, self.group)
@@ -159,13 +161,50 @@ class Ledger:
         return [_text(row["message_id"]) for row in rows]
 
     def request_ids_of(self, stream_ids: Collection[str]) -> set[str]:
-        """The request ids recorded in the given stream entries."""
+        """The request ids recorded in the given stream entries (feedback entries left out)."""
         found: set[str] = set()
         for stream_id in stream_ids:
             for _, fields in self.redis.xrange(self.stream, stream_id, stream_id):
+                if not fields or b"records" not in fields:
+                    continue
                 records: list[dict[str, Any]] = json.loads(_text(fields[b"records"]))
                 found.update(record["request_id"] for record in records)
         return found
+
+    def owed_request_ids(self) -> set[str]:
+        """The requests whose records wait in the stream: in entries pending on any consumer or
+        not yet delivered. (An entry holds the records of every request that shared a Redis
+        round trip, so entries are fewer than requests.)"""
+        pending = self.redis.xpending_range(
+            self.stream, self.group, min="-", max="+", count=1_000_000
+        )
+        waiting = {_text(row["message_id"]) for row in pending}
+        for group in self.redis.xinfo_groups(self.stream):
+            if _text(group["name"]) == self.group:
+                last = _text(group["last-delivered-id"])
+                waiting.update(
+                    _text(entry_id)
+                    for entry_id, _ in self.redis.xrange(self.stream, min=f"({last}", max="+")
+                )
+        return self.request_ids_of(waiting)
+
+    def present(self, stream_ids: Collection[str]) -> int:
+        """How many of the given stream entries the stream still holds."""
+        return sum(bool(self.redis.xrange(self.stream, sid, sid)) for sid in stream_ids)
+
+    def feedback_entries_of(self, stream_ids: Collection[str]) -> list[str]:
+        """Which of the given stream entries hold feedback."""
+        return [
+            stream_id
+            for stream_id in stream_ids
+            for _, fields in self.redis.xrange(self.stream, stream_id, stream_id)
+            if fields.get(b"v") == FEEDBACK_FORMAT.encode()
+        ]
+
+    def claimed(self, request_ids: Collection[str]) -> bool:
+        """Whether an API holds the idempotency claim of every one of these requests: it has
+        read and parsed them, and answers them from now on."""
+        return all(self.redis.exists(self.keys.idempotency(rid)) for rid in request_ids)
 
     def redis_up(self) -> bool:
         try:
@@ -187,7 +226,7 @@ class Ledger:
             count = connection.execute(
                 text(
                     "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'"
-                    " AND starts_with(upper(query), :statement)"
+                    " AND starts_with(upper(ltrim(query, E' \\t\\r\\n')), :statement)"
                 ),
                 {"statement": statement.upper()},
             ).scalar_one()
