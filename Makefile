@@ -3,6 +3,7 @@
 #   make fmt | lint | typecheck | test-local                                 a local .venv
 #   make test                                                                everything, in containers
 #   make test-faults                                  fault-injection tests (minutes), in containers
+#   make up-replicas | release | deploy | rollback | rollout      several replicas, released images
 SHELL := bash
 .SHELLFLAGS := -eu -o pipefail -c
 .DEFAULT_GOAL := help
@@ -38,7 +39,7 @@ FAULTS_TIMEOUT ?= 2400
 PREDICT_BODY := {"features": [5.1, 3.5, 1.4, 0.2]}
 
 .PHONY: help up up-monitoring test-alerts down clean logs ps build train package repackage audit feedback replay migrate psql fmt lint typecheck test test-local \
-  test-faults bench
+  test-faults bench up-replicas release deploy rollback rollout
 
 help: ## list the targets
 	@awk 'BEGIN { FS = ":.*## " } /^[a-z-]+:.*## / { printf "  make %-11s %s\n", $$1, $$2 }' $(MAKEFILE_LIST)
@@ -56,9 +57,10 @@ $(FAULTS_ENV):
 # ---- the stack -------------------------------------------------------------------------------
 
 up: .env ## build, start, wait until every service is healthy; print where the API is
-	$(COMPOSE) build
+	$(call build-unless-deployed)
 	$(COMPOSE) up --detach --wait --wait-timeout $(WAIT_TIMEOUT)
-	@address=$$($(COMPOSE) port api 8000); address=$${address/0.0.0.0/127.0.0.1}; \
+	@address=$$($(COMPOSE) port gateway 8000 2>/dev/null || $(COMPOSE) port api 8000); \
+	address=$${address/0.0.0.0/127.0.0.1}; \
 	body='$(PREDICT_BODY)'; \
 	echo; \
 	echo "Berth is up."; \
@@ -85,11 +87,12 @@ logs: .env ## follow the logs (one service: make logs S=api)
 ps: .env ## list the containers and their health
 	$(COMPOSE) ps --all
 
+# Always the working tree's images (berth-api:latest, ...), even while a release is deployed.
 build: .env ## build the images
-	$(COMPOSE) build
+	BERTH_API_IMAGE= BERTH_WORKER_IMAGE= $(COMPOSE) build
 
 train: .env ## retrain the demo model iris/1 into the models volume; restart a running api
-	$(COMPOSE) build api
+	$(call build-unless-deployed,api)
 	$(COMPOSE) run --rm seed-model python -m berth_api.bundles.train --models-dir /models --force
 	@if [ -n "$$($(COMPOSE) ps --status running --quiet api)" ]; then \
 	  $(COMPOSE) restart api && $(COMPOSE) up --detach --no-deps --wait api; \
@@ -107,7 +110,7 @@ package: .env ## package a fitted model: MODEL=model.joblib NAME=churn VERSION=3
 	  echo "usage: make package MODEL=path/to/model.joblib NAME=churn VERSION=3 [SAMPLE=path/to/sample.csv [TARGET=label_column]] [TRUSTED_TYPES=pkg.module.Class,...]" >&2; \
 	  exit 2; \
 	fi
-	$(COMPOSE) build api
+	$(call build-unless-deployed,api)
 	$(COMPOSE) run --rm --no-deps \
 	  -v "$(abspath $(MODEL)):/input/model.joblib:ro" \
 	  $(if $(SAMPLE),-v "$(abspath $(SAMPLE)):/input/sample.csv:ro") \
@@ -125,7 +128,7 @@ repackage: .env ## rewrite a pickle bundle as skops: NAME=churn VERSION=3 [TRUST
 	  echo "usage: make repackage NAME=churn VERSION=3 [TRUSTED_TYPES=pkg.module.Class,...]" >&2; \
 	  exit 2; \
 	fi
-	$(COMPOSE) build api
+	$(call build-unless-deployed,api)
 	$(COMPOSE) run --rm --no-deps seed-model python -m berth_api.bundles.repackage \
 	  --name "$(NAME)" --version "$(VERSION)" --models-dir /models \
 	  $(if $(TRUSTED_TYPES),--trusted-types "$(TRUSTED_TYPES)")
@@ -159,13 +162,57 @@ replay: .env ## score stored traffic with a candidate: NAME=churn VERSION=3 [SIN
 	  $(if $(SINCE),--since "$(SINCE)") $(if $(UNTIL),--until "$(UNTIL)") $(if $(JSON),--json)
 
 migrate: .env ## apply the database migrations (alembic upgrade head)
-	$(COMPOSE) build worker
+	$(call build-unless-deployed,worker)
 	$(COMPOSE) run --rm migrate
 
 # SQL on standard input works too: echo 'SELECT count(*) FROM predictions' | make psql
 psql: .env ## open psql on the stack's database
 	@tty=; [ -t 0 ] || tty=--no-TTY; \
 	$(COMPOSE) exec $$tty postgres sh -c 'exec psql -v ON_ERROR_STOP=1 -U "$$POSTGRES_USER" -d "$$POSTGRES_DB"'
+
+# ---- several replicas, releases, deploys (scripts/release.py) ---------------------------------
+
+# The replicas layout (docker-compose.replicas.yml): api, api-2 and api-3 behind the gateway, on
+# API_PORT, and WORKERS workers. To keep it for every command, put COMPOSE_FILE=$(REPLICAS_FILES)
+# in .env (README, "Running several replicas").
+REPLICAS_FILES := docker-compose.yml:docker-compose.replicas.yml
+WORKERS ?= 3
+# Where releases are pushed and deploys pulled from; a registry of your own on this machine:
+#   docker run -d --name registry --restart unless-stopped -p 127.0.0.1:5000:5000 registry:2.8.2
+REGISTRY ?= localhost:5000
+# The env file deploys write the images to, and the history rollback reads.
+ENV_FILE ?= .env
+DEPLOY_HISTORY ?= .deploy-history
+RELEASE = $(PYTHON) scripts/release.py --compose "$(COMPOSE)" --env-file "$(ENV_FILE)" \
+  --history "$(DEPLOY_HISTORY)"
+
+# While a release is deployed (make deploy wrote BERTH_API_IMAGE to the env file), a build would
+# put the working tree under the release's tag: make up, train, package and migrate then run the
+# deployed images and build nothing.
+define build-unless-deployed
+@if grep -q '^BERTH_API_IMAGE=.' "$(ENV_FILE)" 2>/dev/null; then \
+  echo "make $@: $$(sed -n 's/^BERTH_API_IMAGE=//p' "$(ENV_FILE)") is deployed: building nothing"; \
+else \
+  echo "$(COMPOSE) build $(1)"; $(COMPOSE) build $(1); \
+fi
+endef
+
+up-replicas: .env ## make up with 3 API replicas behind one gateway and WORKERS=3 workers
+	COMPOSE_FILE=$(REPLICAS_FILES) WORKER_REPLICAS=$(WORKERS) $(MAKE) up
+
+release: ## build, tag (VERSION, MAJOR.MINOR, sha-<commit>), push both images: VERSION=1.2.0 [REGISTRY=host:port]
+	@[ -n "$(VERSION)" ] || { echo "usage: make release VERSION=1.2.0 [REGISTRY=$(REGISTRY)] [ALLOW_DIRTY=1]" >&2; exit 2; }
+	$(RELEASE) release "$(VERSION)" --registry "$(REGISTRY)" $(if $(ALLOW_DIRTY),--allow-dirty)
+
+deploy: $(ENV_FILE) ## run a released version (migrate, workers, API one at a time): VERSION=1.2.0 [REGISTRY=host:port]
+	@[ -n "$(VERSION)" ] || { echo "usage: make deploy VERSION=1.2.0 [REGISTRY=$(REGISTRY)]" >&2; exit 2; }
+	$(RELEASE) deploy "$(VERSION)" --registry "$(REGISTRY)"
+
+rollback: $(ENV_FILE) ## back to the version deployed before the current one (.deploy-history)
+	$(RELEASE) rollback
+
+rollout: $(ENV_FILE) ## replace the API containers one at a time: serve new bundles or changed settings
+	$(RELEASE) rollout
 
 # ---- in a local virtualenv -------------------------------------------------------------------
 
@@ -205,9 +252,9 @@ test-local: $(VENV)/.installed $(KSERVE_VENV)/.installed ## unit and integration
 # and the exit status is that of the first step that failed.
 #   $(call in-test-project,COMPOSE COMMAND,PROJECT,ARGUMENTS OF `run` FOR THE tests SERVICE)
 define in-test-project
-@trap '$(1) --profile test down --volumes --remove-orphans --timeout 10 >/dev/null 2>&1' EXIT; \
+@trap '$(1) --profile test --profile monitoring down --volumes --remove-orphans --timeout 10 >/dev/null 2>&1' EXIT; \
 status=0; \
-$(1) --profile test down --volumes --remove-orphans >/dev/null 2>&1; \
+$(1) --profile test --profile monitoring down --volumes --remove-orphans >/dev/null 2>&1; \
 $(1) --profile test build \
   && $(1) up --detach --wait --wait-timeout $(WAIT_TIMEOUT) \
   && $(1) --profile test run --rm --no-deps $(3) \
@@ -236,7 +283,7 @@ test-alerts: $(TEST_ENV) ## promtool: check the Prometheus config and rules, run
 # tests/e2e/faults runs only when BERTH_FAULTS_ENV_FILE names the project's env file, through
 # which the tests drive compose (`make test` skips it); -s prints each scenario's figures.
 FAULTS_RUN = -v "$(abspath $(FAULTS_ENV)):/run/berth-faults.env:ro" \
-  -e BERTH_FAULTS_ENV_FILE=/run/berth-faults.env tests \
+  -e BERTH_FAULTS_ENV_FILE=/run/berth-faults.env -e GIT_SHA tests \
   timeout --signal=INT --kill-after=30 $(FAULTS_TIMEOUT) \
   pytest -v -s -p no:cacheprovider tests/e2e/faults $(if $(FAULTS),-k "$(FAULTS)")
 

@@ -219,7 +219,12 @@ def test_release_builds_both_images_and_the_gpu_variant() -> None:
     }
     assert variants == {
         ("berth-api", "", "", "services/api/Dockerfile"),
-        ("berth-api", "-gpu", "GPU=true", "services/api/Dockerfile"),
+        (
+            "berth-api",
+            "-gpu",
+            "GPU=true\nBASE_IMAGE=nvidia/cuda:12.8.1-cudnn-runtime-ubuntu22.04\n",
+            "services/api/Dockerfile",
+        ),
         ("berth-worker", "", "", "services/worker/Dockerfile"),
     }
 

