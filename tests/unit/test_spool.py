@@ -45,3 +45,22 @@ def test_torn_last_line_is_skipped(tmp_path: Path) -> None:
     [segment] = LedgerSpool(tmp_path).claim()
     assert [e["records"] for e in segment.entries()] == ["[1]"]
     segment.release()
+
+
+def test_a_segment_replayed_while_the_spool_is_looked_at_is_no_error(tmp_path: Path) -> None:
+    """Another process may replay (and delete) a segment between its listing and its reading:
+    CI once saw has_entries raise FileNotFoundError there."""
+
+    class Racing(LedgerSpool):
+        def segments(self) -> list[Path]:
+            listed = super().segments()
+            for path in listed:
+                path.unlink()  # replayed by someone else just after the listing
+            return listed
+
+    spool = Racing(tmp_path)
+    spool.append({"v": "1", "records": "[1]"})
+    assert not spool.has_entries()
+    assert spool.oldest_age_seconds() == 0.0
+    assert spool.count_entries() == 0
+    spool.close()

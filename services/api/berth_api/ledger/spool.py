@@ -112,7 +112,7 @@ class LedgerSpool:
         return 0.0
 
     def has_entries(self) -> bool:
-        return any(path.stat().st_size > 0 for path in self.segments())
+        return any(_size(path) > 0 for path in self.segments())
 
     def count_entries(self) -> int:
         total = 0
@@ -156,3 +156,11 @@ class LedgerSpool:
             if self._current is not None:
                 self._current.close()
                 self._current = self._current_path = None
+
+
+def _size(path: Path) -> int:
+    """A segment's size; 0 once it is gone (replayed into the stream since it was listed)."""
+    try:
+        return path.stat().st_size
+    except FileNotFoundError:
+        return 0
