@@ -2,7 +2,8 @@
 playwright (never `playwright install`: the browser is the distribution's), loads /dashboard,
 and every figure the page shows is compared with SQL over the same ledger. The page must make
 no request but to its own origin, fail none, and log no error or warning; a screenshot is saved
-to /artifacts/dashboard.png when that directory exists (`make test` mounts test-artifacts/)."""
+to /artifacts/dashboard.png when that directory exists (`make test` mounts test-artifacts/).
+The replays panel is checked against a row this test adds to `replays` (as `make replay` would)."""
 
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ import redis
 from playwright.sync_api import Browser, Page
 from sqlalchemy import Engine, text
 
+from berth_api.dashboard.figures import REPLAYS
 from berth_common.backlog import read_backlog
 from berth_common.settings import CommonSettings
 from tests.browser import Watched, chromium
@@ -127,6 +129,22 @@ def wait_stored(db: Engine, sent: dict[str, list[Any]], labelled: int) -> None:
     wait_until(stored, what="the traffic and its feedback in PostgreSQL", timeout=30)
 
 
+def add_replay(db: Engine) -> str:
+    """A replay of iris/2 on what iris/1 served, finished now, as `make replay` stores it."""
+    replay_id = f"e2e-dash-{uuid.uuid4().hex}"
+    with db.begin() as connection:
+        connection.execute(
+            text(
+                "INSERT INTO replays (replay_id, model_name, candidate_version, served_version,"
+                " started_at, finished_at, rows, agreed, labelled, served_correct,"
+                " candidate_correct) VALUES (:id, 'iris', '2', '1',"
+                " now() - interval '3 seconds', now(), 240, 228, 80, 64, 70)"
+            ),
+            {"id": replay_id},
+        )
+    return replay_id
+
+
 def figure(page: Page, selector: str) -> float | None:
     value = page.locator(selector).get_attribute("data-value")
     return None if value in (None, "") else float(value)
@@ -163,6 +181,8 @@ def test_the_dashboard_shows_what_the_ledger_holds(
         timeout=STORED_TIMEOUT_SECONDS,
     )
 
+    replay_id = add_replay(stack_db)
+
     context = browser.new_context(viewport={"width": 1400, "height": 1000})
     page = context.new_page()
     watched = Watched(api_url)
@@ -170,7 +190,7 @@ def test_the_dashboard_shows_what_the_ledger_holds(
     page.goto(f"{api_url}/dashboard?refresh={REFRESH}")
     page.wait_for_selector("#dashboard[data-state=ready]", timeout=15_000)
     # (functions, not expressions: the page's policy forbids evaluating strings)
-    page.wait_for_function("() => document.querySelectorAll('.chart canvas').length === 7")
+    page.wait_for_function("() => document.querySelectorAll('.chart canvas').length === 8")
 
     # the headlines
     window = shown_window(page)
@@ -255,6 +275,34 @@ def test_the_dashboard_shows_what_the_ledger_holds(
     if training:  # the demo bundle carries a training reference
         assert f"{drifting[0][0]} drifts most" in page.locator("#drift-title").inner_text()
 
+    # the replays: the newest in the caption, the latest REPLAYS rows in the chart, oldest left
+    replayed = sql(
+        stack_db,
+        "SELECT replay_id, served_version, rows, agreed::float8 / nullif(rows, 0),"
+        " served_correct::float8 / nullif(labelled, 0),"
+        " candidate_correct::float8 / nullif(labelled, 0)"
+        " FROM replays WHERE model_name = 'iris'"
+        " ORDER BY finished_at DESC, replay_id, served_version LIMIT :limit",
+        limit=REPLAYS,
+    )
+    assert replayed[0][0] == replay_id
+    caption = page.locator("#replays-figures li")
+    assert caption.count() == 1
+    assert caption.first.get_attribute("data-replay") == replay_id
+    assert caption.first.get_attribute("data-served") == "1"
+    assert close(figure(page, "#replays-figures li[data-served='1']"), 228 / 240)
+    score = caption.first.get_attribute("data-candidate-score")
+    assert close(float(str(score)), 70 / 80)
+    assert "agreement 95.0%" in caption.first.inner_text()
+    xs, agreement, served, candidate = page.evaluate(
+        "() => window.berthDashboard.charts.replays.plot.data"
+    )
+    assert xs == list(range(len(replayed)))
+    drawn = zip(agreement, served, candidate, strict=True)
+    for percents, row in zip(drawn, reversed(replayed), strict=True):
+        for percent, share in zip(percents, row[3:], strict=True):
+            assert close(None if percent is None else percent / 100, share)
+
     if ARTIFACTS.is_dir():
         page.screenshot(path=str(ARTIFACTS / "dashboard.png"), full_page=True)
 
@@ -281,3 +329,5 @@ def test_the_dashboard_shows_what_the_ledger_holds(
 
     context.close()
     watched.assert_clean()
+    with stack_db.begin() as connection:
+        connection.execute(text("DELETE FROM replays WHERE replay_id = :id"), {"id": replay_id})

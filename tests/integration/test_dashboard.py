@@ -1,5 +1,6 @@
 """GET /dashboard/data against real PostgreSQL and Redis: every figure it gives is what SQL over
-the same ledger (and the quality and drift views) says; and who may open the dashboard."""
+the same ledger (and the quality and drift views, and the replays) says; and who may open the
+dashboard."""
 
 from __future__ import annotations
 
@@ -19,9 +20,11 @@ from sqlalchemy import Engine, insert, text
 
 from berth_api.app import create_app
 from berth_api.dashboard.assets import SECURITY_HEADERS, STATIC_FILES
+from berth_api.dashboard.figures import REPLAYS
 from berth_api.http.access import DASHBOARD_COOKIE
+from berth_api.ledger.replay import replay
 from berth_common.settings import ApiSettings
-from berth_common.tables import feedback, predictions
+from berth_common.tables import feedback, predictions, replays
 from tests.browser import CHROMIUM, Watched, chromium
 from tests.integration.conftest import serving
 
@@ -298,6 +301,111 @@ def test_a_regressor_shows_quantiles_of_its_values(
     )
     assert [s["name"] for s in data["mix"]["series"]] == ["p10", "p50", "p90"]
     assert [s["window"] for s in data["mix"]["series"]] == pytest.approx(quantiles)
+    errors = {"labelled": 40, "served_mae": 2.5, "candidate_mae": 1.25}
+    errors |= {"served_rmse": 3.0, "candidate_rmse": 1.5}
+    with engine.begin() as connection:
+        connection.execute(insert(replays), [replay_row("spend", "errors", now, **errors)])
+    with TestClient(create_app(settings)) as client:
+        shown = client.get("/dashboard/data", params={"model": "spend"}).json()["replays"]
+    assert_replays_are_sqls(engine, "spend", shown)
+    assert [(r["served_mae"], r["candidate_mae"], r["served_accuracy"]) for r in shown["runs"]] == [
+        (2.5, 1.25, None)
+    ]
+
+
+def replay_row(model: str, replay_id: str, finished_at: datetime, **figures: Any) -> dict[str, Any]:
+    """A `replays` row as `make replay` writes it; `figures` replace its counts and errors."""
+    return {
+        "replay_id": replay_id,
+        "model_name": model,
+        "candidate_version": "2",
+        "served_version": "1",
+        "since": None,
+        "until": None,
+        "started_at": finished_at - timedelta(seconds=3),
+        "finished_at": finished_at,
+        "rows": 100,
+        "agreed": 90,
+        "labelled": 0,
+        "served_correct": None,
+        "candidate_correct": None,
+        "served_mae": None,
+        "candidate_mae": None,
+        "served_rmse": None,
+        "candidate_rmse": None,
+        **figures,
+    }
+
+
+def moment(value: str | None) -> datetime | None:
+    return None if value is None else datetime.fromisoformat(value)
+
+
+def assert_replays_are_sqls(engine: Engine, model: str, shown: dict[str, Any]) -> None:
+    """The panel's rows are the model's newest REPLAYS rows of `replays`, with their shares."""
+    expected = sql(
+        engine,
+        "SELECT replay_id, finished_at, candidate_version, served_version, since, until, rows,"
+        " agreed, labelled,"
+        " CASE WHEN rows > 0 THEN agreed::float8 / rows END,"
+        " CASE WHEN labelled > 0 THEN served_correct::float8 / labelled END,"
+        " CASE WHEN labelled > 0 THEN candidate_correct::float8 / labelled END,"
+        " served_mae, candidate_mae, served_rmse, candidate_rmse"
+        " FROM replays WHERE model_name = :model"
+        " ORDER BY finished_at DESC, replay_id, served_version LIMIT :limit",
+        model=model,
+        limit=REPLAYS,
+    )
+    assert shown["available"]
+    runs = shown["runs"]
+    assert len(runs) == len(expected)
+    for run, row in zip(runs, expected, strict=True):
+        (replay_id, finished_at, candidate, served, since, until, *counts) = row
+        assert (run["replay_id"], run["candidate_version"], run["served_version"]) == (
+            replay_id,
+            candidate,
+            served,
+        )
+        assert [moment(run[k]) for k in ("finished_at", "since", "until")] == [
+            finished_at,
+            since,
+            until,
+        ]
+        names = ["rows", "agreed", "labelled", "agreement", "served_accuracy"]
+        names += ["candidate_accuracy", "served_mae", "candidate_mae", "served_rmse"]
+        names += ["candidate_rmse"]
+        for name, value in zip(names, counts, strict=True):
+            assert close(run[name], value), (name, run[name], value)
+
+
+def test_the_replays_are_what_sql_says(
+    client: TestClient, engine: Engine, settings: ApiSettings, ledger: datetime
+) -> None:
+    assert client.get("/dashboard/data").json()["replays"] == {"available": True, "runs": []}
+    # older replays than the bound shows, and another model's, newer than all
+    older = [
+        replay_row("iris", f"old-{n}", ledger - timedelta(days=1, minutes=n), labelled=10)
+        | {"served_correct": 6 + n % 3, "candidate_correct": 7, "since": ledger - timedelta(days=2)}
+        for n in range(REPLAYS + 2)
+    ]
+    others = [replay_row("spend", "other", ledger + timedelta(days=1), served_mae=1.5)]
+    with engine.begin() as connection:
+        connection.execute(insert(replays), older + others)
+    # and a replay of iris/1 through the ledger's rows: served by 1 and by 2, a third labelled
+    report = replay(settings, engine, "iris", "1")
+    assert [v.served_version for v in report.versions] == ["1", "2"]
+
+    shown = client.get("/dashboard/data").json()["replays"]
+    assert_replays_are_sqls(engine, "iris", shown)
+    runs = shown["runs"]
+    assert len(runs) == REPLAYS
+    assert [r["replay_id"] for r in runs[:2]] == [report.replay_id] * 2
+    assert [r["replay_id"] for r in runs[2:]] == [f"old-{n}" for n in range(REPLAYS - 2)]
+    newest = runs[0]
+    assert newest["served_version"] == "1"
+    assert 0 < newest["agreement"] < 1
+    assert newest["labelled"] > 0
+    assert newest["served_accuracy"] is not None
 
 
 def test_the_backlog_is_the_streams(

@@ -2,8 +2,9 @@
 
 Blocking (the route runs it in a worker thread). Every query is bounded: by the time window on
 `served_at` (indexed with the model's name and version), by days on the quality and drift views,
-and by a statement timeout. Per-interval figures come as lists aligned with `buckets` (the start
-of each interval, in Unix seconds), which is what the page's charts take as they are.
+by a count of rows on the replays (indexed with the model's name and finished_at), and by a
+statement timeout. Per-interval figures come as lists aligned with `buckets` (the start of each
+interval, in Unix seconds), which is what the page's charts take as they are.
 """
 
 from __future__ import annotations
@@ -30,6 +31,9 @@ MAX_POINTS = 120
 # Feedback and drift are daily views: the page shows this many days of them.
 DAYS = 14
 TOP_FEATURES = 5
+# Replays shown: the newest rows of `replays` (one per replay and served version), enough for
+# the last few candidates without crowding the chart.
+REPLAYS = 10
 QUANTILES = (0.1, 0.5, 0.9)
 STATEMENT_TIMEOUT_MS = 5000
 
@@ -166,6 +170,35 @@ class Drift(BaseModel):
     prediction: list[float | None] = []
 
 
+class ReplayRun(BaseModel):
+    """A row of `replays`: the candidate scored on the stored rows one version served."""
+
+    replay_id: str
+    finished_at: datetime
+    candidate_version: str
+    served_version: str
+    since: datetime | None = Field(description="the served_at replayed from (SINCE); null: all")
+    until: datetime | None = Field(description="and up to, excluded (UNTIL); null: all")
+    rows: int = Field(description="rows scored")
+    agreed: int = Field(description="rows where the candidate answers what was served")
+    labelled: int = Field(description="rows with feedback")
+    agreement: float | None = Field(description="agreed / rows")
+    served_accuracy: float | None = Field(description="classifiers, on the labelled rows")
+    candidate_accuracy: float | None
+    served_mae: float | None = Field(description="regressors, on the labelled rows")
+    candidate_mae: float | None
+    served_rmse: float | None
+    candidate_rmse: float | None
+
+
+class Replays(BaseModel):
+    """From the table replays (`make replay`), for the model's name whatever version it serves:
+    candidates are compared with every version that served the traffic."""
+
+    available: bool = Field(description="false until the table exists (migration 0003)")
+    runs: list[ReplayRun] = Field(default=[], description="the newest REPLAYS rows, newest first")
+
+
 class DashboardData(BaseModel):
     generated_at: datetime
     window: WindowFigures
@@ -180,6 +213,7 @@ class DashboardData(BaseModel):
     ledger: Ledger
     quality: Quality
     drift: Drift
+    replays: Replays
 
 
 # Rows of the model version in the window, with their interval.
@@ -230,7 +264,7 @@ _REFERENCE = text(
 _VIEWS = text(
     "SELECT to_regclass('model_quality_daily') IS NOT NULL AS quality,"
     " to_regclass('feature_drift') IS NOT NULL AND to_regclass('prediction_drift') IS NOT NULL"
-    " AS drift"
+    " AS drift, to_regclass('replays') IS NOT NULL AS replays"
 )
 _QUALITY = text(
     "SELECT day, predictions, labelled, accuracy, mae, rmse, label_coverage"
@@ -244,6 +278,15 @@ _FEATURE_DRIFT = text(
 _PREDICTION_DRIFT = text(
     "SELECT day, psi FROM prediction_drift"
     " WHERE model_name = :model AND model_version = :version AND day >= :first_day"
+)
+_REPLAYS = text(
+    "SELECT replay_id, finished_at, candidate_version, served_version, since, until, rows,"
+    " agreed, labelled, agreed::float8 / nullif(rows, 0) AS agreement,"
+    " served_correct::float8 / nullif(labelled, 0) AS served_accuracy,"
+    " candidate_correct::float8 / nullif(labelled, 0) AS candidate_accuracy,"
+    " served_mae, candidate_mae, served_rmse, candidate_rmse"
+    " FROM replays WHERE model_name = :model"
+    " ORDER BY finished_at DESC, replay_id, served_version LIMIT :replays"
 )
 
 
@@ -345,6 +388,15 @@ def _figures(
         drift=_drift(connection, parameters, window.days)
         if views.drift
         else Drift(available=False),
+        replays=Replays(
+            available=True,
+            runs=[
+                ReplayRun.model_validate(row, from_attributes=True)
+                for row in connection.execute(_REPLAYS, {**parameters, "replays": REPLAYS})
+            ],
+        )
+        if views.replays
+        else Replays(available=False),
     )
 
 

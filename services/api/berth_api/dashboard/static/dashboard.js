@@ -40,6 +40,9 @@
   const seconds = (x) => (x === null ? "–" : x < 1 ? milliseconds(1000 * x) : x.toFixed(2) + " s");
   const number = (x) => (x === null || x === undefined ? "–" : Math.abs(x) >= 100 ? x.toFixed(1) : x.toPrecision(3));
 
+  // "2026-12-01 09:11", in UTC whatever offset the time came with
+  const utcMinute = (iso) => new Date(iso).toISOString().slice(0, 16).replace("T", " ");
+
   function windowLabel(minutes) {
     if (minutes % 1440 === 0 && minutes > 1440) return `in the last ${minutes / 1440} days`;
     if (minutes === 60) return "in the last hour";
@@ -89,10 +92,12 @@
     target.textContent = text;
   }
 
-  // series: [{label, color, dash, scale, bars}], data: [xs, ...ys]
+  // series: [{label, color, dash, scale, bars, dots}], data: [xs, ...ys]; options.x and
+  // options.xAxis replace the time axis (with options.signature saying when its ticks change)
   function draw(key, series, data, options) {
     const target = $("chart-" + key);
-    const signature = JSON.stringify(series.map((s) => [s.label, s.scale || "y"])) + JSON.stringify(options.axes.length);
+    const signature =
+      JSON.stringify(series.map((s) => [s.label, s.scale || "y"])) + JSON.stringify(options.axes.length) + (options.signature || "");
     const existing = state.charts[key];
     if (existing && existing.signature === signature) {
       existing.plot.setData(data);
@@ -100,7 +105,7 @@
     }
     if (existing) existing.plot.destroy();
     // days: half a day of margin, so that the first and last days show whole
-    const x = options.days ? { time: true, range: (_u, min, max) => [min - 43200, max + 43200] } : { time: true };
+    const x = options.x || (options.days ? { time: true, range: (_u, min, max) => [min - 43200, max + 43200] } : { time: true });
     target.classList.remove("empty");
     target.textContent = "";
     const plot = new uPlot(
@@ -110,7 +115,7 @@
         cursor: { drag: { x: false, y: false } },
         legend: { live: false },
         scales: { x, ...(options.scales || { y: options.range === undefined ? {} : { range: options.range } }) },
-        axes: [{}, ...options.axes],
+        axes: [options.xAxis || {}, ...options.axes],
         series: [
           {},
           ...series.map((s) => ({
@@ -120,9 +125,10 @@
             width: s.bars ? 0 : 2,
             dash: s.dash,
             scale: s.scale || "y",
-            paths: s.bars ? uPlot.paths.bars({ size: [0.8, 40] }) : undefined,
+            // dots: points and no line
+            paths: s.bars ? uPlot.paths.bars({ size: [0.8, 40] }) : s.dots ? () => null : undefined,
             // a lone value between gaps is a point, or nothing would show
-            points: { show: !s.bars && s.points !== false, size: 6, fill: s.color },
+            points: { show: !s.bars && s.points !== false, size: s.dots ? 9 : 6, fill: s.color },
             spanGaps: false,
           })),
         ],
@@ -336,6 +342,88 @@
     });
   }
 
+  function renderReplays(data) {
+    const replays = data.replays;
+    const list = $("replays-figures");
+    const name = data.model.name;
+    $("replays-title").textContent = "Replays of stored traffic through a candidate";
+    if (!replays.available) {
+      figureList(list, []);
+      note("replays", "The replays table is not in this database yet.");
+      return;
+    }
+    const runs = replays.runs; // newest first
+    if (runs.length === 0) {
+      figureList(list, []);
+      note("replays", `No replays of ${name} yet: score its stored traffic with a candidate, make replay NAME=${name} VERSION=<version>.`);
+      return;
+    }
+    const classes = data.task === "classification";
+    $("replays-title").textContent =
+      `Replays of ${name}, candidate vs served version, the latest ${runs.length}: agreement with what was served (bars), ` +
+      `${classes ? "accuracy" : "MAE"} of both on labelled rows (dots)`;
+    // the caption: the newest replay, per version that served its traffic
+    const scores = (r) =>
+      r.labelled === 0
+        ? "no labelled rows"
+        : classes
+          ? `accuracy ${percent(r.served_accuracy)} served → ${percent(r.candidate_accuracy)} candidate`
+          : `MAE ${number(r.served_mae)} served → ${number(r.candidate_mae)} candidate, RMSE ${number(r.served_rmse)} → ${number(r.candidate_rmse)}`;
+    figureList(
+      list,
+      runs
+        .filter((r) => r.replay_id === runs[0].replay_id)
+        .map((r) => ({
+          data: {
+            replay: r.replay_id,
+            candidate: r.candidate_version,
+            served: r.served_version,
+            finished: r.finished_at,
+            rows: r.rows,
+            labelled: r.labelled,
+            value: r.agreement,
+            servedScore: classes ? r.served_accuracy : r.served_mae,
+            candidateScore: classes ? r.candidate_accuracy : r.candidate_mae,
+          },
+          text:
+            `candidate ${r.candidate_version} vs served ${r.served_version} (${utcMinute(r.finished_at)} UTC): ` +
+            `${count(r.rows)} rows, agreement ${percent(r.agreement)}, ${scores(r)}` +
+            (r.labelled === 0 ? "" : ` (${count(r.labelled)} labelled)`),
+        })),
+    );
+    // the chart: oldest left
+    const shown = [...runs].reverse();
+    const xs = shown.map((_r, i) => i);
+    const labels = shown.map((r) => `${r.candidate_version} vs ${r.served_version}\n${utcMinute(r.finished_at).slice(5)}`);
+    const pct = (v) => (v === null ? null : 100 * v);
+    const series = [{ label: "agreement", color: COLORS[0], bars: true }];
+    const values = [xs, shown.map((r) => pct(r.agreement))];
+    const options = {
+      x: { time: false, range: () => [-0.5, shown.length - 0.5] },
+      xAxis: { splits: () => xs, values: (_u, ticks) => ticks.map((i) => labels[i] || ""), size: 50, grid: { show: false } },
+      signature: JSON.stringify(labels),
+    };
+    if (classes) {
+      series.push({ label: "served accuracy", color: COLORS[3], dots: true }, { label: "candidate accuracy", color: COLORS[2], dots: true });
+      values.push(shown.map((r) => pct(r.served_accuracy)), shown.map((r) => pct(r.candidate_accuracy)));
+      draw("replays", series, values, { ...options, axes: [axis((v) => v + "%")], range: [0, 100] });
+    } else {
+      series.push(
+        { label: "served MAE", color: COLORS[3], dots: true, scale: "right" },
+        { label: "candidate MAE", color: COLORS[2], dots: true, scale: "right" },
+      );
+      values.push(
+        shown.map((r) => r.served_mae),
+        shown.map((r) => r.candidate_mae),
+      );
+      draw("replays", series, values, {
+        ...options,
+        axes: [axis((v) => v + "%"), axis(number, 1)],
+        scales: { y: { range: [0, 100] }, right: { range: (_u, _min, max) => [0, max * 1.1 || 1] } },
+      });
+    }
+  }
+
   function renderModels(data) {
     const select = $("model");
     const current = `${data.model.name}/${data.model.version}`;
@@ -364,6 +452,7 @@
     renderLedger(data);
     renderQuality(data);
     renderDrift(data);
+    renderReplays(data);
     const root = $("dashboard");
     Object.assign(root.dataset, {
       model: data.model.name,
