@@ -239,11 +239,13 @@ def registry() -> Iterator[str]:
 
 
 def untag(registry: str) -> None:
-    """Removes this engine's tags of the registry's images (their layers stay, under other tags)."""
+    """Removes this engine's tags of the registry's images (their layers stay, under other tags).
+    Forced: after the last rollback the stack still runs a release until the module's teardown
+    puts its local images back, and a tag in use is otherwise refused."""
     references = docker("image", "ls", "--format", "{{.Repository}}:{{.Tag}}").split()
     ours = [reference for reference in references if reference.startswith(f"{registry}/")]
     if ours:
-        docker("image", "rm", *ours)
+        docker("image", "rm", "--force", *ours)
 
 
 def settle(replicas: Replicas, ledger: Ledger) -> None:
