@@ -334,18 +334,28 @@ class Gateway:
     def wait(
         self, server: str, what: str, done: Callable[[dict[str, str]], bool], timeout: float
     ) -> float:
+        return self.wait_all({server}, what, done, timeout)
+
+    def wait_all(
+        self, servers: set[str], what: str, done: Callable[[dict[str, str]], bool], timeout: float
+    ) -> float:
+        """Waits until `done` holds for every one of `servers` at once."""
         started = time.monotonic()
         while True:
-            row = self.servers().get(server)
-            if row is None:
-                raise ReleaseError(f"the gateway has no server {server}")
-            if done(row):
+            rows = self.servers()
+            missing = servers - set(rows)
+            if missing:
+                raise ReleaseError(f"the gateway has no server {', '.join(sorted(missing))}")
+            waiting = sorted(name for name in servers if not done(rows[name]))
+            if not waiting:
                 return time.monotonic() - started
             if time.monotonic() - started > timeout:
-                raise ReleaseError(
-                    f"{server}: not {what} after {timeout:g} s (status {row.get('status')},"
-                    f" {row.get('scur')} requests in flight)"
+                states = ", ".join(
+                    f"{name} {rows[name].get('status')} ({rows[name].get('scur')} requests in"
+                    " flight)"
+                    for name in waiting
                 )
+                raise ReleaseError(f"not {what} after {timeout:g} s: {states}")
             time.sleep(0.2)
 
 
@@ -464,6 +474,10 @@ def replace_apis(stack: Stack, env: Mapping[str, str] | None = None) -> None:
     for service in services:
         server = server_of(service)
         started = time.monotonic()
+        # Never one out while another is: a replica the gateway has just taken out (a failed
+        # check on a loaded machine) would otherwise leave fewer serving than the layout promises.
+        others = {server_of(other) for other in services} - {server}
+        gateway.wait_all(others, "serving", is_up, READY_TIMEOUT_SECONDS)
         # maint: no new request goes there; those in flight finish (scur counts them).
         gateway.set_state(server, "maint")
         drained = gateway.wait(
@@ -487,9 +501,13 @@ def replace_apis(stack: Stack, env: Mapping[str, str] | None = None) -> None:
         )
 
 
+def is_up(row: dict[str, str]) -> bool:
+    return row["status"].startswith("UP")
+
+
 def serves_again(addresses: set[str], row: dict[str, str]) -> bool:
     """UP in the gateway at the new container's address (the gateway re-resolves the name)."""
-    return row["status"].startswith("UP") and row.get("addr", "").rsplit(":", 1)[0] in addresses
+    return is_up(row) and row.get("addr", "").rsplit(":", 1)[0] in addresses
 
 
 def refuse_single_layout_on_replicas(stack: Stack) -> None:

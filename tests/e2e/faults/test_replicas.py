@@ -60,6 +60,10 @@ SERVERS = ("api-1", "api-2", "api-3")
 WORKERS = 3
 GATEWAY_URL = "http://gateway:8000"
 GATEWAY_STATS = "http://gateway:8404/stats;csv"
+# HAProxy's notices about the replicas' state: "Server replicas/api-2 is DOWN, reason: ...",
+# "... is going DOWN for maintenance (DNS timeout status)", "... changed its IP from ...",
+# "backend replicas has no server available!".
+GATEWAY_EVENT = re.compile(r"Server replicas/|backend replicas ")
 VERSIONS = ("1.0.0", "1.1.0")
 VERSION_LABEL = "org.opencontainers.image.version"
 # A load long enough for any sequence of deploys; it is stopped once they are done.
@@ -110,6 +114,12 @@ class Replicas:
         return set(servers) == set(SERVERS) and all(
             row["status"].startswith("UP") for row in servers.values()
         )
+
+    def gateway_events(self) -> list[str]:
+        """The gateway's log lines about its replicas changing state (DOWN, UP, maintenance,
+        address changes, no server left), with their reasons: what a 502 or 503 needs explained."""
+        log = self.compose("logs", "--no-log-prefix", "gateway")
+        return [line for line in log.splitlines() if GATEWAY_EVENT.search(line)]
 
     def requests_served(self) -> dict[str, int]:
         """Requests each server has answered since the gateway started."""
@@ -300,7 +310,11 @@ Timing = tuple[str, float, float]
 
 
 def under_load(
-    name: str, ledger: Ledger, steps: Sequence[Step], versions: tuple[str, ...] = ("1",)
+    name: str,
+    replicas: Replicas,
+    ledger: Ledger,
+    steps: Sequence[Step],
+    versions: tuple[str, ...] = ("1",),
 ) -> tuple[LoadResults, list[Timing]]:
     """Runs `steps` one after the other under a load through the gateway, with TAIL_SECONDS of
     load before the first and after each; then holds the load to the promise (finish: no
@@ -320,7 +334,12 @@ def under_load(
             load.sleep_until(load.now() + TAIL_SECONDS)
         load.stop()
         window = Window(timings[0][1], timings[-1][2])
-        results = finish(name, load, sampler, window, ledger)
+        try:
+            results = finish(name, load, sampler, window, ledger)
+        finally:
+            print("  the gateway's replica events since it started:")
+            for line in replicas.gateway_events():
+                print(f"    {line}")
     for label, began, ended in timings:
         print(
             f"  {label}: {ended - began:.1f} s, {results.served_between(began, ended)} requests"
@@ -406,6 +425,7 @@ def test_model_switched_and_back_by_rolling_restarts(
     try:
         results, timings = under_load(
             "model iris/2 rolled out, then back to iris/1, 3 replicas",
+            replicas,
             ledger,
             [
                 ("make rollout (serves iris/2)", lambda: releaser.make("rollout")),
@@ -447,6 +467,7 @@ def test_release_deployed_and_rolled_back_under_load(
 
     under_load(
         "releases 1.0.0 and 1.1.0 deployed and rolled back, 3 replicas",
+        replicas,
         ledger,
         [
             step("deploy", "VERSION=1.0.0", expected="1.0.0"),
