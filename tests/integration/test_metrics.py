@@ -259,7 +259,7 @@ def test_the_worker_counts_what_it_stores(
 def test_json_log_lines_follow_a_request_to_its_ledger_entry(
     settings: ApiSettings, redis_client: redis.Redis, capfd: pytest.CaptureFixture[str]
 ) -> None:
-    as_json = settings.model_copy(update={"log_format": "json"})
+    as_json = settings.model_copy(update={"log_format": "json", "access_log": "all"})
     with TestClient(create_app(as_json), raise_server_exceptions=False) as client:
         response = client.post(
             "/predict", json={"features": ROW}, headers={"X-Request-ID": "follow-me"}
