@@ -39,7 +39,7 @@ FAULTS_TIMEOUT ?= 2400
 PREDICT_BODY := {"features": [5.1, 3.5, 1.4, 0.2]}
 
 .PHONY: help up up-monitoring test-alerts down clean logs ps build train package repackage audit feedback replay migrate psql fmt lint typecheck test test-local \
-  test-faults bench up-replicas release deploy rollback rollout
+  test-faults bench profile up-replicas release deploy rollback rollout
 
 help: ## list the targets
 	@awk 'BEGIN { FS = ":.*## " } /^[a-z-]+:.*## / { printf "  make %-11s %s\n", $$1, $$2 }' $(MAKEFILE_LIST)
@@ -294,6 +294,10 @@ test-faults: $(FAULTS_ENV) ## kill, stop and restart services under load; check 
 # ---- performance -----------------------------------------------------------------------------
 
 # Its own compose project (berth-bench, port 18200), torn down afterwards; results in
-# bench-results/. BENCH_SECONDS=10 per run; BENCH_BASELINES=0 skips Flask and MLServer.
-bench: ## benchmark Berth against Flask and MLServer with wrk; tables + JSON in bench-results/
+# bench-results/. BENCH_SECONDS=10 per run; BENCH_BASELINES=0 skips the peers.
+bench: ## Berth against Flask, MLServer, BentoML and a bare ASGI app (wrk); tables + JSON in bench-results/
 	$(PYTHON) bench/run.py
+
+# The bench stack's api under wrk, sampled by py-spy: PROFILE_SECONDS=20, PROFILE_CONNECTIONS=64.
+profile: ## where the API's CPU goes under load (py-spy, from outside); stacks in bench-results/
+	$(PYTHON) -m bench.profile

@@ -5,15 +5,18 @@ model bundle and the project's own code are: piped in as `python - <command> [ar
   backlog            ledger entries not yet stored (unread + pending in the stream, and spooled)
   lag SINCE UNTIL    waits for the backlog to drain, then served -> stored delay of the rows
                      served in [SINCE, UNTIL) (ISO times), from the predictions table
+  memory             resident memory of each of the container's processes but this one
 """
 
 from __future__ import annotations
 
 import json
+import os
 import statistics
 import sys
 import time
 from datetime import datetime
+from pathlib import Path
 from typing import Any
 
 import redis
@@ -115,6 +118,46 @@ def lag(settings: ApiSettings, since: str, until: str) -> dict[str, Any]:
     }
 
 
+# What each process of the api container is, by its command line: uvicorn's supervisor starts
+# API_WORKERS processes through multiprocessing's spawn, with its resource tracker beside them.
+ROLES = (
+    ("docker-init", "init"),
+    ("multiprocessing.spawn", "API process"),
+    ("multiprocessing.resource_tracker", "resource tracker"),
+    ("berth_api.healthcheck", "health check"),
+    ("berth_api", "supervisor"),
+)
+
+
+def memory() -> dict[str, Any]:
+    """VmRSS of every process in the container (the supervisor and each API process), from
+    /proc: the slim image has no ps."""
+    processes: list[dict[str, Any]] = []
+    for status in sorted(Path("/proc").glob("[0-9]*/status"), key=lambda p: int(p.parent.name)):
+        pid = int(status.parent.name)
+        if pid == os.getpid():
+            continue
+        try:
+            fields = dict(
+                line.split(":", 1) for line in status.read_text().splitlines() if ":" in line
+            )
+            command = (status.parent / "cmdline").read_bytes().replace(b"\0", b" ").strip()
+        except OSError:  # it ended meanwhile
+            continue
+        if "VmRSS" not in fields:  # a kernel thread
+            continue
+        name = command.decode(errors="replace") or fields["Name"].strip()
+        processes.append(
+            {
+                "pid": pid,
+                "role": next((role for part, role in ROLES if part in name), "other"),
+                "name": name[:80],
+                "rss_mb": round(int(fields["VmRSS"].split()[0]) / 1024, 1),
+            }
+        )
+    return {"processes": processes, "total_rss_mb": round(sum(p["rss_mb"] for p in processes), 1)}
+
+
 def main(argv: list[str]) -> int:
     settings = ApiSettings()
     command = argv[0] if argv else ""
@@ -122,6 +165,8 @@ def main(argv: list[str]) -> int:
         result: Any = floor(settings)
     elif command == "backlog":
         result = backlog(settings)
+    elif command == "memory":
+        result = memory()
     elif command == "lag" and len(argv) == 3:
         result = lag(settings, argv[1], argv[2])
     else:

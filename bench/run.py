@@ -10,13 +10,17 @@ request after another on 1, 8 and 64 connections, each run BENCH_SECONDS long, w
   batch        100 new rows per request
   v2-distinct  distinct rows in the Open Inference Protocol V2 body that MLServer gets
 
-Berth runs all three; the baselines (the Flask tutorial app under gunicorn -w 2, Seldon
-MLServer with its scikit-learn runtime, with and without adaptive batching) run `distinct`,
-the load the targets are set for, while Berth's services are stopped. After each Berth run it
-waits for the ledger to drain and reads the served -> stored delay of that run's rows from
-PostgreSQL; then it measures the worker alone on a 200,000-row backlog, the model call alone
-inside the api container, and the image sizes. It prints tables and writes everything as JSON
-to bench-results/.
+Berth runs them all with `make up`'s settings, over the bridge; then distinct rows at 64
+connections with each access log mode, through the published port and over the bridge (the
+side-by-side table). The peers (the Flask tutorial app under gunicorn -w 2, Seldon MLServer with
+its scikit-learn runtime, with and without adaptive batching, BentoML with adaptive batching at
+1 and 2 workers, and a bare ASGI app under uvicorn, the HTTP ceiling) run `distinct`, and
+`batch` at 8 connections where they take batches, while Berth's services are stopped. Every
+run reports the server container's CPU per request. After each Berth run it waits for the
+ledger to drain and reads the served -> stored delay of that run's rows from PostgreSQL; then
+it measures the worker alone on a 200,000-row backlog, the model call alone inside the api
+container, the API's memory per process and the image sizes. It prints tables and the goals
+held against them, and writes everything as JSON to bench-results/.
 
 Settings (environment): BENCH_SECONDS (10), BENCH_API_PORT (18200), BENCH_BACKLOG_ROWS
 (200000), BENCH_BASELINES (1; 0 skips them), BENCH_KEEP (0; 1 leaves the stack up).
@@ -25,11 +29,13 @@ Only the standard library: it runs on the host with any python3.
 
 from __future__ import annotations
 
+import http.client
 import json
 import os
 import platform
 import random
 import shutil
+import socket
 import statistics
 import subprocess
 import sys
@@ -57,6 +63,15 @@ BERTH_LOADS = (
     ("repeated", "/predict", "berth", "repeated"),
     ("batch", "/predict", "berth", "batch"),
     ("v2-distinct", "/v2/models/iris/infer", "v2", "distinct"),
+)
+API_SETTINGS_VARIED = ("ACCESS_LOG", "METRICS_ENABLED")
+ROWS_PER_REQUEST = {"distinct": 1, "repeated": 1, "batch": 100}
+# The settings the headline table compares (label, environment of the api container): what
+# `make up` gives, and the access log's other modes (a line per request, or none at all).
+CONFIGURATIONS: tuple[tuple[str, dict[str, str]], ...] = (
+    ("make up defaults", {}),
+    ("ACCESS_LOG=all", {"ACCESS_LOG": "all"}),
+    ("ACCESS_LOG=off", {"ACCESS_LOG": "off"}),
 )
 
 
@@ -101,9 +116,56 @@ def container_ip(container: str) -> str:
     return out.split()[0]
 
 
+def api_container() -> str:
+    return run([*COMPOSE, "ps", "-q", "api"]).strip()
+
+
 def api_url(path: str = "/predict") -> str:
-    container = run([*COMPOSE, "ps", "-q", "api"]).strip()
-    return f"http://{container_ip(container)}:8000{path}"
+    return f"http://{container_ip(api_container())}:8000{path}"
+
+
+def published_url(path: str = "/predict") -> str:
+    """The API's port as `make up` publishes it on the host: docker-proxy, the userland port
+    forwarder, carries every request, as it does for a user on 127.0.0.1."""
+    return f"http://127.0.0.1:{PORT}{path}"
+
+
+class _DockerSocket(http.client.HTTPConnection):
+    def __init__(self, path: str) -> None:
+        super().__init__("localhost", timeout=30)
+        self._path = path
+
+    def connect(self) -> None:
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.sock.connect(self._path)
+
+
+def cpu_us(container: str) -> int:
+    """CPU time the container's processes have used so far, in us, from the engine's own
+    account (cgroup v1 or v2 alike). Read before and after a run: the server's CPU per request,
+    with wrk and docker-proxy, which run outside the container, left out."""
+    host = os.environ.get("DOCKER_HOST", "unix:///var/run/docker.sock")
+    if not host.startswith("unix://"):
+        raise SystemExit(f"bench: reads CPU use through a unix socket, DOCKER_HOST is {host}")
+    connection = _DockerSocket(host.removeprefix("unix://"))
+    try:
+        connection.request("GET", f"/containers/{container}/stats?stream=false&one-shot=true")
+        stats = json.loads(connection.getresponse().read())
+    finally:
+        connection.close()
+    return int(stats["cpu_stats"]["cpu_usage"]["total_usage"]) // 1000
+
+
+def measured(
+    container: str, url: str, concurrency: int, fmt: str, mode: str, rows: int = 1
+) -> dict[str, Any]:
+    """One wrk run, with the server container's CPU per request (and per row, for batches)."""
+    before = cpu_us(container)
+    point = wrk(url, concurrency, fmt, mode)
+    used = cpu_us(container) - before
+    point["cpu_us_per_request"] = round(used / point["requests"]) if point["requests"] else None
+    point["rows_per_s"] = round(point["rps"] * rows)
+    return point
 
 
 def wait_http(url: str, body: bytes, timeout: float = 180) -> None:
@@ -188,12 +250,13 @@ def berth_runs(results: dict[str, Any]) -> None:
     log("warm-up: 3 s of distinct rows at concurrency 8")
     wrk(api_url(), 8, "berth", "distinct", seconds=3)
     results["berth"] = {}
+    container = api_container()
     for name, path, fmt, mode in BERTH_LOADS:
         url = api_url(path)
         results["berth"][name] = []
         for concurrency in CONCURRENCY:
             since = datetime.now(UTC).isoformat()
-            point = wrk(url, concurrency, fmt, mode)
+            point = measured(container, url, concurrency, fmt, mode, ROWS_PER_REQUEST[mode])
             until = datetime.now(UTC).isoformat()
             point["backlog_at_end"] = in_api("backlog")
             point["ledger"] = in_api("lag", since, until)
@@ -201,17 +264,45 @@ def berth_runs(results: dict[str, Any]) -> None:
             log(
                 f"berth {name:>11} c={concurrency:<2} {point['rps']:>8.0f} req/s  "
                 f"p50 {point['p50_ms']:.2f} ms  p99 {point['p99_ms']:.2f} ms  "
-                f"errors {point['errors']}  stored {point['ledger']['rows']} rows, "
+                f"errors {point['errors']}  {point['cpu_us_per_request']} us CPU/request  "
+                f"stored {point['ledger']['rows']} rows, "
                 f"lag p99 {point['ledger']['lag_p99_ms']} ms"
             )
 
 
+def configurations(results: dict[str, Any]) -> None:
+    """Distinct rows at 64 connections, the load the goals are set for, with the settings a user
+    gets from `make up` and the alternatives, each through the published port (what a user on
+    this host reaches) and the container's bridge address (no docker-proxy in between)."""
+    results["configurations"] = []
+    for label, environment in CONFIGURATIONS:
+        restart_api(**environment)
+        container = api_container()
+        for through, url in (("published port", published_url()), ("bridge", api_url())):
+            wrk(url, 64, "berth", "distinct", seconds=3)  # warm-up
+            since = datetime.now(UTC).isoformat()
+            point = measured(container, url, 64, "berth", "distinct")
+            until = datetime.now(UTC).isoformat()
+            point["ledger"] = in_api("lag", since, until)
+            point.update(settings=label, through=through)
+            results["configurations"].append(point)
+            log(
+                f"berth {label:>15}, {through:>14}: {point['rps']:>8.0f} req/s  "
+                f"p99 {point['p99_ms']:.2f} ms  {point['cpu_us_per_request']} us CPU/request  "
+                f"lag p99 {point['ledger']['lag_p99_ms']} ms"
+            )
+    restart_api()
+    results["api_memory"] = in_api("memory")
+
+
 def restart_api(**environment: str) -> None:
-    """Recreates the api container with these settings (compose passes them through)."""
+    """Recreates the api container with these settings (compose passes them through), or with
+    the env file's alone: a setting of an earlier call does not stay."""
+    inherited = {k: v for k, v in os.environ.items() if k not in API_SETTINGS_VARIED}
     subprocess.run(
         [*COMPOSE, "up", "--detach", "--no-deps", "--wait", "api"],
         cwd=ROOT,
-        env={**os.environ, **environment},
+        env={**inherited, **environment},
         check=True,
         capture_output=True,
     )
@@ -262,13 +353,19 @@ def worker_backlog(results: dict[str, Any]) -> None:
     log(f"worker: {json.dumps(drained)}")
 
 
-BASELINE_SERVERS: dict[str, dict[str, str]] = {
+# The peers, each alone on the machine: what people deploy by hand (Flask), the servers Berth is
+# compared with, each with its adaptive batching (MLServer, BentoML at 1 and 2 workers: its best
+# here is reported), and the HTTP ceiling (a bare ASGI app answering a constant, run as Berth
+# is: uvicorn, httptools, 2 processes, in a container). `batch`: the server takes 100-row requests
+# (the Flask tutorial app reads one row).
+BASELINE_SERVERS: dict[str, dict[str, Any]] = {
     "flask-gunicorn-w2": {
         "image": "berth-bench-flask",
         "dir": "flask",
         "port": "8000",
         "path": "/predict",
         "format": "berth",
+        "batch": False,
     },
     "mlserver-adaptive-batching": {
         "image": "berth-bench-mlserver",
@@ -276,6 +373,7 @@ BASELINE_SERVERS: dict[str, dict[str, str]] = {
         "port": "8080",
         "path": "/v2/models/iris-batched/infer",
         "format": "v2",
+        "batch": True,
     },
     "mlserver": {
         "image": "berth-bench-mlserver",
@@ -283,7 +381,39 @@ BASELINE_SERVERS: dict[str, dict[str, str]] = {
         "port": "8080",
         "path": "/v2/models/iris/infer",
         "format": "v2",
+        "batch": True,
     },
+    "bentoml-adaptive-batching-w1": {
+        "image": "berth-bench-bentoml",
+        "dir": "bentoml",
+        "port": "3000",
+        "path": "/predict",
+        "format": "bentoml",
+        "env": {"BENTOML_WORKERS": "1"},
+        "batch": True,
+    },
+    "bentoml-adaptive-batching-w2": {
+        "image": "berth-bench-bentoml",
+        "dir": "bentoml",
+        "port": "3000",
+        "path": "/predict",
+        "format": "bentoml",
+        "env": {"BENTOML_WORKERS": "2"},
+        "batch": True,
+    },
+    "bare-asgi-uvicorn-w2": {
+        "image": "berth-bench-asgi",
+        "dir": "asgi",
+        "port": "8000",
+        "path": "/predict",
+        "format": "berth",
+        "batch": True,
+    },
+}
+FIRST_ROW = "[5.1,3.5,1.4,0.2]"
+READY_BODIES = {
+    "berth": b'{"features":' + FIRST_ROW.encode() + b"}",
+    "bentoml": b'{"features":[' + FIRST_ROW.encode() + b"]}",
 }
 V2_BODY = (
     b'{"inputs":[{"name":"predict","shape":[1,4],"datatype":"FP64","data":[5.1,3.5,1.4,0.2]}]}'
@@ -313,22 +443,33 @@ def baselines(results: dict[str, Any]) -> None:
         run(["docker", "rm", "-f", container], check=False)
         # Berth's own model file, read-only: every server runs the very same model
         mount = f"{PROJECT}_models:/models:ro"
-        run(["docker", "run", "-d", "--name", container, "-v", mount, str(server["image"])])
+        environment = [f"--env={k}={v}" for k, v in server.get("env", {}).items()]
+        run(
+            ["docker", "run", "-d", "--name", container, "-v", mount, *environment, server["image"]]
+        )
         try:
             url = f"http://{container_ip(container)}:{server['port']}{server['path']}"
-            body = V2_BODY if server["format"] == "v2" else b'{"features":[5.1,3.5,1.4,0.2]}'
-            wait_http(url, body)
-            wrk(url, 8, str(server["format"]), "distinct", seconds=3)
+            fmt = server["format"]
+            wait_http(url, V2_BODY if fmt == "v2" else READY_BODIES[fmt])
+            wrk(url, 8, fmt, "distinct", seconds=3)
             points = []
             for concurrency in CONCURRENCY:
-                point = wrk(url, concurrency, str(server["format"]), "distinct")
+                point = measured(container, url, concurrency, fmt, "distinct")
                 points.append(point)
                 log(
-                    f"{name:>26} c={concurrency:<2} {point['rps']:>8.0f} req/s  "
+                    f"{name:>28} c={concurrency:<2} {point['rps']:>8.0f} req/s  "
                     f"p50 {point['p50_ms']:.2f} ms  p99 {point['p99_ms']:.2f} ms  "
-                    f"errors {point['errors']}"
+                    f"errors {point['errors']}  {point['cpu_us_per_request']} us CPU/request"
                 )
             results["baselines"][name] = points
+            if server["batch"]:
+                point = measured(container, url, 8, fmt, "batch", rows=100)
+                results.setdefault("baseline_batch", {})[name] = point
+                log(
+                    f"{name:>28} batch c=8 {point['rps']:>8.0f} req/s  "
+                    f"{point['rows_per_s']:>9,} rows/s  p99 {point['p99_ms']:.2f} ms  "
+                    f"errors {point['errors']}"
+                )
         finally:
             run(["docker", "rm", "-f", container], check=False)
     run([*COMPOSE, "start", "api", "worker"])
@@ -340,8 +481,7 @@ def image_sizes() -> dict[str, int]:
         "berth-api:latest",
         "berth-worker:latest",
         "python:3.11-slim-bookworm",
-        "berth-bench-flask:latest",
-        "berth-bench-mlserver:latest",
+        *(f"{image}:latest" for image in sorted({s["image"] for s in BASELINE_SERVERS.values()})),
     ):
         out = run(["docker", "image", "inspect", "-f", "{{.Size}}", image], check=False).strip()
         if out.isdigit():
@@ -353,35 +493,129 @@ def point_at(points: list[dict[str, Any]], concurrency: int) -> dict[str, Any]:
     return next(p for p in points if p["concurrency"] == concurrency)
 
 
-def summary(results: dict[str, Any]) -> list[str]:
-    lines = ["", "## Berth (ledger on: every request stored)", ""]
-    lines.append(
-        "| load | conc. | req/s | p50 ms | p99 ms | errors | stored rows | "
-        "lag p50 ms | lag p99 ms | backlog at end |"
+def headline(results: dict[str, Any]) -> list[str]:
+    """The side-by-side table at 64 connections, distinct rows, and the goals held against it:
+    the defaults within 15 % of Berth's best, 3x MLServer and 6x BentoML (both batching), 30 %
+    of the bare ASGI app with p99 under 50 ms and ledger lag p99 under 1 s, and 100-row batches
+    at 100,000 rows/s served and stored at 8 connections."""
+    table = results.get("configurations", [])
+    if not table:
+        return []
+    lines = [
+        "",
+        "## Side by side: 64 connections, distinct single rows (ledger on for Berth)",
+        "",
+        "| target | req/s | p99 ms | CPU us/request | ledger lag p99 ms |",
+        "| --- | ---: | ---: | ---: | ---: |",
+    ]
+    for p in table:
+        lines.append(
+            f"| Berth, {p['settings']}, {p['through']} | {p['rps']:,.0f} | {p['p99_ms']:.1f} | "
+            f"{p['cpu_us_per_request']} | {p['ledger']['lag_p99_ms']:,.0f} |"
+        )
+    peers = {name: point_at(points, 64) for name, points in results.get("baselines", {}).items()}
+    for name, p in peers.items():
+        lines.append(
+            f"| {name} | {p['rps']:,.0f} | {p['p99_ms']:.1f} | {p['cpu_us_per_request']} | |"
+        )
+    defaults = next(
+        p for p in table if p["settings"] == "make up defaults" and p["through"] == "published port"
     )
-    lines.append("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+    best = max(table, key=lambda p: p["rps"])
+    goals: dict[str, Any] = {
+        "defaults_share_of_best_pct": round(100 * defaults["rps"] / best["rps"], 1),
+        "best": f"{best['settings']}, {best['through']}",
+    }
+    lines += ["", "## Goals", ""]
+    lines.append(
+        f"- `make up` defaults, published port: {defaults['rps']:,.0f} req/s,"
+        f" {goals['defaults_share_of_best_pct']} % of Berth's best ({goals['best']},"
+        f" {best['rps']:,.0f} req/s); goal: at least 85 %"
+    )
+
+    def best_of(prefix: str) -> tuple[str, dict[str, Any]] | None:
+        found = [(n, p) for n, p in peers.items() if n.startswith(prefix)]
+        return max(found, key=lambda item: item[1]["rps"]) if found else None
+
+    for prefix, goal in (("mlserver-adaptive", 3), ("bentoml-adaptive", 6)):
+        if (peer := best_of(prefix)) and peer[1]["rps"]:
+            ratio = defaults["rps"] / peer[1]["rps"]
+            goals[f"defaults_over_{prefix}"] = round(ratio, 2)
+            lines.append(
+                f"- defaults / {peer[0]}: {ratio:.1f}x req/s (p99 {defaults['p99_ms']:.1f} ms"
+                f" vs {peer[1]['p99_ms']:.1f} ms); goal: at least {goal}x"
+            )
+    if (bare := best_of("bare-asgi")) and bare[1]["rps"]:
+        # the same network path as the bare app: the bridge address, ledger on
+        bridged = [p for p in table if p["through"] == "bridge"]
+        fastest = max(bridged, key=lambda p: p["rps"])
+        share = 100 * fastest["rps"] / bare[1]["rps"]
+        goals["best_share_of_bare_asgi_pct"] = round(share, 1)
+        lines.append(
+            f"- Berth ({fastest['settings']}, bridge) / bare ASGI app: {share:.1f} % of"
+            f" {bare[1]['rps']:,.0f} req/s, p99 {fastest['p99_ms']:.1f} ms, ledger lag p99"
+            f" {fastest['ledger']['lag_p99_ms']:,.0f} ms, {fastest['cpu_us_per_request']} us CPU"
+            f" per request against the bare app's {bare[1]['cpu_us_per_request']};"
+            " goal: at least 30 %, p99 under 50 ms, lag p99 under 1,000 ms"
+        )
+    batch = point_at(results.get("berth", {}).get("batch", []), 8) if results.get("berth") else None
+    if batch:
+        stored = batch["ledger"]["rows"]
+        backlog = batch["backlog_at_end"]
+        goals["batch_rows_per_s_c8"] = batch["rows_per_s"]
+        lines.append(
+            f"- 100-row requests at 8 connections: {batch['rows_per_s']:,} rows/s served"
+            f" ({batch['rps']:,.0f} req/s), {stored:,} rows stored, backlog at the end"
+            f" {backlog['unread'] + backlog['pending']} entries, ledger lag p99"
+            f" {batch['ledger']['lag_p99_ms']:,.0f} ms; goal: at least 100,000 rows/s"
+        )
+    for name, p in results.get("baseline_batch", {}).items():
+        lines.append(
+            f"  - {name}, the same load: {p['rows_per_s']:,} rows/s, p99 {p['p99_ms']:.1f} ms"
+        )
+    memory = results.get("api_memory")
+    if memory:
+        processes = ", ".join(f"{p['role']} {p['rss_mb']} MB" for p in memory["processes"])
+        lines.append(f"- API resident memory per process, demo model loaded: {processes}")
+    sizes = results.get("image_sizes_mb", {})
+    if sizes:
+        lines.append("- images: " + ", ".join(f"{image} {mb:,} MB" for image, mb in sizes.items()))
+    results["goals"] = goals
+    return lines
+
+
+def summary(results: dict[str, Any]) -> list[str]:
+    lines = headline(results)
+    lines += ["", "## Berth, `make up` defaults, bridge address (ledger on)", ""]
+    lines.append(
+        "| load | conc. | req/s | rows/s | p50 ms | p99 ms | errors | CPU us/req | stored rows |"
+        " lag p50 ms | lag p99 ms | backlog at end |"
+    )
+    lines.append("| --- " + "| ---: " * 11 + "|")
     for mode, points in results.get("berth", {}).items():
         for p in points:
             backlog = p["backlog_at_end"]
             lines.append(
-                f"| {mode} | {p['concurrency']} | {p['rps']:,.0f} | {p['p50_ms']:.2f} | "
-                f"{p['p99_ms']:.2f} | {p['errors']} | {p['ledger']['rows']:,} | "
-                f"{p['ledger']['lag_p50_ms']} | {p['ledger']['lag_p99_ms']} | "
-                f"{backlog['unread'] + backlog['pending']} |"
+                f"| {mode} | {p['concurrency']} | {p['rps']:,.0f} | {p['rows_per_s']:,} |"
+                f" {p['p50_ms']:.2f} | {p['p99_ms']:.2f} | {p['errors']} |"
+                f" {p['cpu_us_per_request']} | {p['ledger']['rows']:,} |"
+                f" {p['ledger']['lag_p50_ms']} | {p['ledger']['lag_p99_ms']} |"
+                f" {backlog['unread'] + backlog['pending']} |"
             )
     if results.get("baselines"):
         lines += [
             "",
             "## Baselines (distinct rows)",
             "",
-            "| server | conc. | req/s | p50 ms | p99 ms | errors |",
-            "| --- | ---: | ---: | ---: | ---: | ---: |",
+            "| server | conc. | req/s | p50 ms | p99 ms | errors | CPU us/req |",
+            "| --- | ---: | ---: | ---: | ---: | ---: | ---: |",
         ]
         for name, points in results["baselines"].items():
             for p in points:
                 lines.append(
                     f"| {name} | {p['concurrency']} | {p['rps']:,.0f} | "
                     f"{p['p50_ms']:.2f} | {p['p99_ms']:.2f} | {p['errors']} |"
+                    f" {p['cpu_us_per_request']} |"
                 )
         berth64 = point_at(results["berth"]["distinct"], 64)
         lines += ["", "## Ratios at concurrency 64, distinct rows", ""]
@@ -451,16 +685,10 @@ def main() -> int:
         "seconds_per_run": SECONDS,
     }
     make = ["make", "--no-print-directory", f"COMPOSE={' '.join(COMPOSE)}"]
-    if not ENV_FILE.exists():
-        run(
-            [
-                str(ROOT / "scripts" / "init-env.sh"),
-                str(ENV_FILE),
-                f"API_PORT={PORT}",
-                "ACCESS_LOG=false",
-                "LOG_LEVEL=WARNING",
-            ]
-        )
+    # `make up`'s settings, but for the port: the bench measures what a user gets. Written anew
+    # each run (its stack and volumes are too), so no setting of an earlier bench stays.
+    ENV_FILE.unlink(missing_ok=True)
+    run([str(ROOT / "scripts" / "init-env.sh"), str(ENV_FILE), f"API_PORT={PORT}"])
     log("removing any earlier bench stack and its volumes")
     timed([*make, "clean"])
     log("building images")
@@ -494,6 +722,7 @@ def main() -> int:
             text=True,
         )
         results["audit"] = {"exit_code": audit.returncode, "report": audit.stdout}
+        configurations(results)
         metrics_cost(results)
         worker_backlog(results)
         if BASELINES:

@@ -3,7 +3,8 @@
 --   wrk -t2 -c64 -d10s -s load.lua http://127.0.0.1:8000/predict -- <format> <mode> <nonce>
 --
 -- format: berth (Berth's {"features": [...]} / {"instances": [[...]]}, also what the Flask
---         tutorial app reads) or v2 (Open Inference Protocol, for MLServer)
+--         tutorial app reads), v2 (Open Inference Protocol, for MLServer) or bentoml
+--         ({"features": [[...], ...]}: the rows of a batchable BentoML API, one or many)
 -- mode:   distinct (a new row every request: cache misses), repeated (one row: cache hits),
 --         batch (100 new rows per request)
 -- nonce:  makes this run's rows differ from every earlier run's, so nothing hits an old cache
@@ -40,6 +41,9 @@ local function body_of(rows, count)
     local flat = table.concat(rows, ","):gsub("[%[%]]", "")
     return string.format(
       '{"inputs":[{"name":"predict","shape":[%d,4],"datatype":"FP64","data":[%s]}]}', count, flat)
+  end
+  if format == "bentoml" then
+    return '{"features":[' .. table.concat(rows, ",") .. ']}'
   end
   if count == 1 then
     return '{"features":' .. rows[1] .. '}'
