@@ -3,7 +3,8 @@
 py-spy from outside.
 
 Drives the bench stack's api (compose project `berth-bench`; `BENCH_KEEP=1 make bench` leaves it
-up, or this brings it up with `make up`'s settings) with wrk, distinct rows at PROFILE_CONNECTIONS
+up, or this brings it up with `make up`'s settings and tears it down after, unless BENCH_KEEP=1)
+with wrk, distinct rows at PROFILE_CONNECTIONS
 (64) connections, and meanwhile samples every API process with py-spy, run in a container of its
 own that shares the api container's process namespace (the image and the code measured are
 untouched). py-spy samples only threads that are running, so the figures are shares of the
@@ -30,6 +31,7 @@ from bench.run import (
     BENCH,
     COMPOSE,
     ENV_FILE,
+    KEEP,
     PORT,
     ROOT,
     api_container,
@@ -52,14 +54,20 @@ FRAME = re.compile(r"^(?P<function>.*) \((?P<file>[^()]*?)(?::\d+)?\)$")
 PACKAGE = re.compile(r"(?:site-packages|dist-packages|python3\.\d+)/(?P<package>[^/]+)")
 
 
-def stack_up() -> None:
-    """The bench stack, as `make bench` leaves it with BENCH_KEEP=1, or as `make up` makes it."""
+MAKE = ["make", "--no-print-directory", f"COMPOSE={' '.join(COMPOSE)}"]
+
+
+def stack_up() -> bool:
+    """The bench stack, as `make bench` leaves it with BENCH_KEEP=1, or as `make up` makes it;
+    True if it was brought up here (and is then torn down afterwards, unless BENCH_KEEP=1)."""
     if not ENV_FILE.exists():
         run([str(ROOT / "scripts" / "init-env.sh"), str(ENV_FILE), f"API_PORT={PORT}"])
-    if not run([*COMPOSE, "ps", "-q", "api"]).strip():
+    started = not run([*COMPOSE, "ps", "-q", "api"]).strip()
+    if started:
         log("bringing the bench stack up (make up)")
-        run(["make", "--no-print-directory", f"COMPOSE={' '.join(COMPOSE)}", "up"])
+        run([*MAKE, "up"])
     wait_http(f"http://127.0.0.1:{PORT}/predict", b'{"features":[5.1,3.5,1.4,0.2]}')
+    return started
 
 
 def supervisor_pid(container: str) -> int:
@@ -131,7 +139,16 @@ def summary(stacks: list[tuple[list[str], int]]) -> list[str]:
 
 def main() -> int:
     ensure_wrk()
-    stack_up()
+    started = stack_up()
+    try:
+        return profile()
+    finally:
+        if started and not KEEP:
+            log("tearing the bench stack down")
+            run([*MAKE, "clean"], check=False)
+
+
+def profile() -> int:
     log(f"building {IMAGE}")
     run(["docker", "build", "-q", "-t", IMAGE, str(BENCH / "pyspy")])
     container = api_container()
