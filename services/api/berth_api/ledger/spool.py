@@ -102,11 +102,8 @@ class LedgerSpool:
         """Age of the oldest segment holding entries (its name starts with its creation time),
         0 when none does: how long the spool has been waiting for Redis."""
         for path in self.segments():
-            try:
-                if path.stat().st_size == 0:
-                    continue
-            except FileNotFoundError:
-                continue  # replayed meanwhile
+            if _size(path) == 0:  # empty, or replayed meanwhile
+                continue
             created_ns = int(path.name.split("-", 1)[0])
             return max(0.0, time.time() - created_ns / 1e9)
         return 0.0
