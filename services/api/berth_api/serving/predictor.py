@@ -78,7 +78,7 @@ class Predictor:
         self._class_keys = class_keys(self._model.classes_) if self._has_proba else []
 
     def predict(self, rows: list[list[Value]]) -> list[ModelOutput]:
-        """Blocking: run it in a thread, never on the event loop."""
+        """Blocking; the batcher decides whether in the model's thread or on the loop."""
         try:
             matrix = self._matrix(rows)
             # overflow is detected below and answered as a 422; numpy need not warn about it too
