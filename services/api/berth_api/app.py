@@ -7,7 +7,7 @@ import contextlib
 import gc
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import Any, cast
 
 from fastapi import FastAPI
 from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html
@@ -18,12 +18,14 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from sqlalchemy import create_engine
 from starlette.concurrency import run_in_threadpool
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from berth_api import __doc__ as package_doc
 from berth_api import __version__
 from berth_api.http.access import AccessMiddleware, AccessPolicy
 from berth_api.http.deps import ApiState, Context
 from berth_api.http.dispatch import PredictionRouter, install_documented_routes
+from berth_api.http.endpoints import prediction_endpoint
 from berth_api.http.limits import BodySizeLimitMiddleware
 from berth_api.http.middleware import RequestIdMiddleware
 from berth_api.http.openapi import build_openapi
@@ -53,6 +55,39 @@ def redis_client(settings: ApiSettings) -> Redis:
         retry=Retry(NoBackoff(), 1),
         health_check_interval=30,
     )
+
+
+class BerthApp(FastAPI):
+    """FastAPI, with a shorter way in for predictions.
+
+    A prediction passes Berth's own layers (request id, access, body limit, the prediction
+    router) and nothing else: entering FastAPI first (its telemetry check, Starlette's error and
+    exception middleware, each wrapping `send`) cost more than a tenth of a one-row prediction's
+    CPU. Every other request goes through FastAPI, with the same layers installed inside it,
+    where FastAPI's error handling works as it expects.
+    """
+
+    _front: ASGIApp | None = None
+
+    def add_layers(self, layers: list[tuple[type[Any], dict[str, Any]]]) -> None:
+        """Installs `layers` (innermost first) in FastAPI, and again around FastAPI's core."""
+        front: ASGIApp = super().__call__
+        for layer, options in layers:
+            self.add_middleware(cast(Any, layer), **options)
+            front = layer(front, **options)
+        self._front = front
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if (
+            self._front is not None
+            and scope["type"] == "http"
+            and scope["method"] == "POST"
+            and prediction_endpoint(scope["path"]) is not None
+        ):
+            scope["app"] = self
+            await self._front(scope, receive, send)
+            return
+        await super().__call__(scope, receive, send)
 
 
 def create_app(settings: ApiSettings | None = None) -> FastAPI:
@@ -136,7 +171,7 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
         await redis.aclose()
         engine.dispose()
 
-    app = FastAPI(
+    app = BerthApp(
         title="Berth",
         summary="scikit-learn models over REST, every prediction recorded in PostgreSQL",
         description=package_doc or "",
@@ -171,8 +206,12 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
     app.include_router(feedback_route.router)
     # The last added runs first: every response, a 401 or 413 included, carries the request id,
     # the key is checked before a body is read, and only then are the prediction paths routed.
-    app.add_middleware(PredictionRouter)
-    app.add_middleware(BodySizeLimitMiddleware, max_bytes=settings.max_body_bytes)
-    app.add_middleware(AccessMiddleware, policy=policy)
-    app.add_middleware(RequestIdMiddleware, metrics=metrics, access_log=settings.access_log)
+    app.add_layers(
+        [
+            (PredictionRouter, {}),
+            (BodySizeLimitMiddleware, {"max_bytes": settings.max_body_bytes}),
+            (AccessMiddleware, {"policy": policy}),
+            (RequestIdMiddleware, {"metrics": metrics, "access_log": settings.access_log}),
+        ]
+    )
     return app
