@@ -52,6 +52,13 @@ def test_a_quick_model_is_called_on_the_loop_once_its_speed_is_known() -> None:
     assert calls_on_loop(model, [[[1.0, 2.0]]] * 4) == [False, True, True, True]
 
 
+def test_each_batch_size_is_measured_in_the_thread_before_it_runs_on_the_loop() -> None:
+    model = TimedModel(seconds_per_row=0.0)
+    one: list[list[Value]] = [[1.0, 2.0]]
+    twenty: list[list[Value]] = [[float(i), 1.0] for i in range(20)]
+    assert calls_on_loop(model, [one, twenty, twenty, one]) == [False, False, True, True]
+
+
 def test_a_slow_model_stays_in_its_thread() -> None:
     model = TimedModel(seconds_per_row=INLINE_BUDGET_SECONDS * 3)
     assert calls_on_loop(model, [[[1.0, 2.0]]] * 3) == [False, False, False]

@@ -10,7 +10,8 @@ A call expected to take less than INLINE_BUDGET_SECONDS runs on the event loop i
 to the model's thread and back costs two thread wake-ups and a write to the loop's self-pipe,
 which for a compiled model's one-row call was several times the call itself; a scikit-learn
 model's call takes milliseconds and always goes to the thread, where it does not hold up the
-other requests. The estimate is the model's own recent time per row, measured on every call.
+other requests. The estimate is the model's own recent time for calls of about that many rows
+(the same power of two), measured on every call; a size not yet measured goes to the thread.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ Rows = list[list[Value]]
 
 # The longest a model call may hold the event loop: about what a few requests' own Python costs.
 INLINE_BUDGET_SECONDS = 0.001
-# Weight of the newest call in the running estimate of seconds per row.
+# Weight of the newest call in the running estimate of a call's seconds.
 _ESTIMATE_WEIGHT = 0.2
 
 
@@ -55,8 +56,9 @@ class ModelBatcher:
         self._coalescer: Coalescer[Rows, list[ModelOutput]] = Coalescer(
             self._run, max_size=max_size, size=len, max_wait_seconds=max_wait_seconds
         )
-        # Unknown until measured: the first call goes to the thread.
-        self._seconds_per_row = float("inf")
+        # Seconds per call, by the bit length of its row count (1, 2-3, 4-7, ... rows); a size
+        # not measured yet goes to the thread.
+        self._seconds: dict[int, float] = {}
         self.inline_calls = 0
 
     @property
@@ -77,7 +79,7 @@ class ModelBatcher:
     async def _run(self, requests: list[Rows]) -> list[list[ModelOutput] | BaseException]:
         rows = sum(len(request) for request in requests)
         started = time.perf_counter()
-        if self._seconds_per_row * rows <= INLINE_BUDGET_SECONDS:
+        if self._seconds.get(rows.bit_length(), INLINE_BUDGET_SECONDS + 1) <= INLINE_BUDGET_SECONDS:
             self.inline_calls += 1
             answers = self._timed(requests, rows)
         else:
@@ -89,16 +91,17 @@ class ModelBatcher:
         return answers
 
     def _timed(self, requests: list[Rows], rows: int) -> list[list[ModelOutput] | BaseException]:
-        """The call, and its time per row in the estimate (the thread hand-off left out)."""
+        """The call, and its time in the estimate for its size (the thread hand-off left out)."""
         started = time.perf_counter()
         try:
             return self._predict_all(requests)
         finally:
-            per_row = (time.perf_counter() - started) / max(rows, 1)
-            if self._seconds_per_row == float("inf"):
-                self._seconds_per_row = per_row
-            else:
-                self._seconds_per_row += _ESTIMATE_WEIGHT * (per_row - self._seconds_per_row)
+            seconds = time.perf_counter() - started
+            size = rows.bit_length()
+            known = self._seconds.get(size)
+            self._seconds[size] = (
+                seconds if known is None else known + _ESTIMATE_WEIGHT * (seconds - known)
+            )
 
     def _predict_all(self, requests: list[Rows]) -> list[list[ModelOutput] | BaseException]:
         if len(requests) == 1:
