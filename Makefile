@@ -89,28 +89,31 @@ ps: .env ## list the containers and their health
 
 # Always the working tree's images (berth-api:latest, ...), even while a release is deployed.
 build: .env ## build the images
-	BERTH_API_IMAGE= BERTH_WORKER_IMAGE= $(COMPOSE) build
+	BERTH_API_IMAGE= BERTH_PACKAGER_IMAGE= BERTH_WORKER_IMAGE= $(COMPOSE) build
 
+# seed-model runs the packager image (the api's, plus the ONNX converters); the api is built too,
+# since a running one is restarted on the same code.
 train: .env ## retrain the demo model iris/1 into the models volume; restart a running api
-	$(call build-unless-deployed,api)
+	$(call build-unless-deployed,api seed-model)
 	$(COMPOSE) run --rm seed-model python -m berth_api.bundles.train --models-dir /models --force
 	@if [ -n "$$($(COMPOSE) ps --status running --quiet api)" ]; then \
 	  $(COMPOSE) restart api && $(COMPOSE) up --detach --no-deps --wait api; \
 	fi
 
-# The files are mounted read-only into a one-off api container, which writes the bundle into the
-# models volume; the api serves it after a restart. The bundle holds the model in skops' format
-# (no code runs when the api loads it) unless skops cannot represent it with trusted types: then
-# it is a pickle, which the api loads only once pinned in PICKLE_SHA256 (the command prints the
-# entry). TRUSTED_TYPES lists extra types the skops form may hold; the api needs the same list.
-# SAMPLE is also the training reference the drift views compare served rows with; TARGET names its
-# column of true labels (or values), without which the model's predictions on it stand in.
+# The files are mounted read-only into a one-off packager container (seed-model: the api image plus
+# the ONNX converters), which writes the bundle into the models volume; the api serves it after a
+# restart. The bundle holds the model in skops' format (no code runs when the api loads it) unless
+# skops cannot represent it with trusted types: then it is a pickle, which the api loads only once
+# pinned in PICKLE_SHA256 (the command prints the entry). TRUSTED_TYPES lists extra types the skops
+# form may hold; the api needs the same list. SAMPLE is also the training reference the drift views
+# compare served rows with; TARGET names its column of true labels (or values), without which the
+# model's predictions on it stand in.
 package: .env ## package a fitted model: MODEL=model.joblib NAME=churn VERSION=3 [SAMPLE=sample.csv [TARGET=column]]
 	@if [ -z "$(MODEL)" ] || [ -z "$(NAME)" ] || [ -z "$(VERSION)" ] || { [ -n "$(TARGET)" ] && [ -z "$(SAMPLE)" ]; }; then \
 	  echo "usage: make package MODEL=path/to/model.joblib NAME=churn VERSION=3 [SAMPLE=path/to/sample.csv [TARGET=label_column]] [TRUSTED_TYPES=pkg.module.Class,...]" >&2; \
 	  exit 2; \
 	fi
-	$(call build-unless-deployed,api)
+	$(call build-unless-deployed,seed-model)
 	$(COMPOSE) run --rm --no-deps \
 	  -v "$(abspath $(MODEL)):/input/model.joblib:ro" \
 	  $(if $(SAMPLE),-v "$(abspath $(SAMPLE)):/input/sample.csv:ro") \
@@ -128,7 +131,7 @@ repackage: .env ## rewrite a pickle bundle as skops: NAME=churn VERSION=3 [TRUST
 	  echo "usage: make repackage NAME=churn VERSION=3 [TRUSTED_TYPES=pkg.module.Class,...]" >&2; \
 	  exit 2; \
 	fi
-	$(call build-unless-deployed,api)
+	$(call build-unless-deployed,seed-model)
 	$(COMPOSE) run --rm --no-deps seed-model python -m berth_api.bundles.repackage \
 	  --name "$(NAME)" --version "$(VERSION)" --models-dir /models \
 	  $(if $(TRUSTED_TYPES),--trusted-types "$(TRUSTED_TYPES)")
@@ -200,7 +203,7 @@ endef
 up-replicas: .env ## make up with 3 API replicas behind one gateway and WORKERS=3 workers
 	COMPOSE_FILE=$(REPLICAS_FILES) WORKER_REPLICAS=$(WORKERS) $(MAKE) up
 
-release: ## build, tag (VERSION, MAJOR.MINOR, sha-<commit>), push both images: VERSION=1.2.0 [REGISTRY=host:port]
+release: ## build, tag (VERSION, MAJOR.MINOR, sha-<commit>), push the images: VERSION=1.2.0 [REGISTRY=host:port]
 	@[ -n "$(VERSION)" ] || { echo "usage: make release VERSION=1.2.0 [REGISTRY=$(REGISTRY)] [ALLOW_DIRTY=1]" >&2; exit 2; }
 	$(RELEASE) release "$(VERSION)" --registry "$(REGISTRY)" $(if $(ALLOW_DIRTY),--allow-dirty)
 
@@ -216,7 +219,8 @@ rollout: $(ENV_FILE) ## replace the API containers one at a time: serve new bund
 
 # ---- in a local virtualenv -------------------------------------------------------------------
 
-$(VENV)/.installed: requirements/worker.txt requirements/api.txt requirements/dev.txt
+$(VENV)/.installed: requirements/worker.txt requirements/api.txt requirements/packaging.txt \
+  requirements/dev.txt
 	[ -x $(VENV)/bin/python ] || $(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/pip install --quiet --disable-pip-version-check -r requirements/dev.txt
 	$(VENV)/bin/pip install --quiet --disable-pip-version-check --no-deps \

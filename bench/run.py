@@ -480,6 +480,8 @@ def image_sizes() -> dict[str, int]:
     for image in (
         "berth-api:latest",
         "berth-worker:latest",
+        # the api image with the packaging-time converters: models are packaged with it
+        "berth-packager:latest",
         "python:3.11-slim-bookworm",
         *(f"{image}:latest" for image in sorted({s["image"] for s in BASELINE_SERVERS.values()})),
     ):

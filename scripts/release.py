@@ -1,19 +1,22 @@
 """Release Berth's images and switch a compose stack between them: what `make release`, `make
 deploy`, `make rollback` and `make rollout` run.
 
-  release VERSION  build berth-api and berth-worker from this checkout, tag each VERSION,
-                   MAJOR.MINOR (not for a pre-release) and sha-<commit>, push every tag
-  deploy VERSION   pull REGISTRY/berth-{api,worker}:VERSION, migrate with the new worker image,
-                   replace the workers, then the API containers one at a time; record it
+  release VERSION  build berth-api, berth-packager and berth-worker from this checkout, tag
+                   each VERSION, MAJOR.MINOR (not for a pre-release) and sha-<commit>, push
+                   every tag
+  deploy VERSION   pull REGISTRY/berth-{api,packager,worker}:VERSION, migrate with the new
+                   worker image, replace the workers, then the API containers one at a time;
+                   record it
   rollback         back to the version deployed before the current one (no migration runs)
   rollout          replace the API containers one at a time, images unchanged: new bundles and
                    changed settings (MODEL_VERSIONS, ...) are served without dropping requests
 
-The deployed images are written to the env file (BERTH_API_IMAGE, BERTH_WORKER_IMAGE,
-BERTH_PULL_POLICY), so that every later `docker compose` or `make` command runs them, and each
-deployment is a line of the history file (oldest first), which `rollback` pops. The first deploy
-records what ran before it as version `local` (the images `make build` makes): rolling back to it
-removes those settings again.
+The deployed images are written to the env file (BERTH_API_IMAGE, BERTH_PACKAGER_IMAGE,
+BERTH_WORKER_IMAGE, BERTH_PULL_POLICY), so that every later `docker compose` or `make` command
+runs them (the packager, seed-model's, for make train and make package), and each deployment is a
+line of the history file (oldest first), which `rollback` pops. The first deploy records what ran
+before it as version `local` (the images `make build` makes): rolling back to it removes those
+settings again.
 
 With the replicas layout (docker-compose.replicas.yml, whose gateway is the entry point) a replica
 is drained in the gateway before it is replaced and made ready once the new container passes
@@ -43,10 +46,30 @@ from functools import partial
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-IMAGES = {"api": "services/api/Dockerfile", "worker": "services/worker/Dockerfile"}
+
+
+@dataclass(frozen=True, slots=True)
+class ImageBuild:
+    dockerfile: str
+    target: str | None = None
+
+
+# In this order: with the legacy builder (no BuildKit), the api's build also builds the packager
+# stage, so the packager's own build after it is all cache.
+IMAGES = {
+    "api": ImageBuild("services/api/Dockerfile"),
+    "packager": ImageBuild("services/api/Dockerfile", target="packager"),
+    "worker": ImageBuild("services/worker/Dockerfile"),
+}
 LOCAL = "local"
-LOCAL_IMAGES = ("berth-api:latest", "berth-worker:latest")
-IMAGE_SETTINGS = ("BERTH_API_IMAGE", "BERTH_WORKER_IMAGE", "BERTH_PULL_POLICY")
+# api, worker, packager: the order of a history line's images.
+LOCAL_IMAGES = ("berth-api:latest", "berth-worker:latest", "berth-packager:latest")
+IMAGE_SETTINGS = (
+    "BERTH_API_IMAGE",
+    "BERTH_WORKER_IMAGE",
+    "BERTH_PACKAGER_IMAGE",
+    "BERTH_PULL_POLICY",
+)
 # semver.org's own expression, less build metadata: `+` cannot be part of an image tag.
 SEMVER = re.compile(
     r"(0|[1-9]\d*)\.(0|[1-9]\d*)\.(0|[1-9]\d*)"
@@ -115,11 +138,16 @@ class Deployment:
     version: str
     api_image: str
     worker_image: str
+    packager_image: str
 
     @classmethod
     def of(cls, version: str, registry: str) -> Deployment:
         return cls(
-            now(), version, f"{registry}/berth-api:{version}", f"{registry}/berth-worker:{version}"
+            now(),
+            version,
+            f"{registry}/berth-api:{version}",
+            f"{registry}/berth-worker:{version}",
+            f"{registry}/berth-packager:{version}",
         )
 
     @classmethod
@@ -130,8 +158,12 @@ class Deployment:
     def is_local(self) -> bool:
         return self.version == LOCAL
 
+    @property
+    def images(self) -> tuple[str, str, str]:
+        return (self.api_image, self.worker_image, self.packager_image)
+
     def line(self) -> str:
-        return f"{self.at} {self.version} {self.api_image} {self.worker_image}"
+        return f"{self.at} {self.version} {' '.join(self.images)}"
 
     def settings(self) -> dict[str, str | None]:
         """The env file's image settings for it; none at all for the local builds."""
@@ -140,6 +172,7 @@ class Deployment:
         return {
             "BERTH_API_IMAGE": self.api_image,
             "BERTH_WORKER_IMAGE": self.worker_image,
+            "BERTH_PACKAGER_IMAGE": self.packager_image,
             "BERTH_PULL_POLICY": "missing",
         }
 
@@ -148,12 +181,14 @@ class Deployment:
         return {
             "BERTH_API_IMAGE": self.api_image,
             "BERTH_WORKER_IMAGE": self.worker_image,
+            "BERTH_PACKAGER_IMAGE": self.packager_image,
             "BERTH_PULL_POLICY": "never" if self.is_local else "missing",
         }
 
 
 HISTORY_HEADER = (
-    "# Berth deployments, oldest first: <UTC time> <version> <api image> <worker image>.\n"
+    "# Berth deployments, oldest first: <UTC time> <version> <api image> <worker image>"
+    " <packager image>.\n"
     "# Written by make deploy; make rollback removes the last line and runs the one before.\n"
 )
 
@@ -170,8 +205,11 @@ class History:
             if not line.strip() or line.startswith("#"):
                 continue
             fields = line.split()
-            if len(fields) != 4:
-                raise ReleaseError(f"{self.path}:{number}: expected 4 fields, got {line!r}")
+            if len(fields) == 4:
+                # Deployed before there was a packager image: that release's api image packaged.
+                fields.append(fields[2])
+            if len(fields) != 5:
+                raise ReleaseError(f"{self.path}:{number}: expected 5 fields, got {line!r}")
             entries.append(Deployment(*fields))
         return entries
 
@@ -365,7 +403,8 @@ def server_of(service: str) -> str:
 
 
 def pull(deployment: Deployment) -> None:
-    for image in (deployment.api_image, deployment.worker_image):
+    """Every image, the packager's too: make train and make package run it after the deploy."""
+    for image in deployment.images:
         if deployment.is_local:
             run(["docker", "image", "inspect", image], capture=True)
         else:
@@ -376,7 +415,7 @@ def pull(deployment: Deployment) -> None:
 
 
 def release(version: Version, registry: str, sha: str, *, allow_dirty: bool) -> None:
-    """Builds, tags and pushes both images. `sha` (make's GIT_SHA) goes into the images; the tag
+    """Builds, tags and pushes every image. `sha` (make's GIT_SHA) goes into the images; the tag
     names the whole commit when git can tell it, as the release workflow's tag does."""
     tag_sha = git(["rev-parse", "HEAD"]).strip() or sha
     if not re.fullmatch(r"[0-9a-f]{7,40}", sha) or not re.fullmatch(r"[0-9a-f]{7,40}", tag_sha):
@@ -387,12 +426,13 @@ def release(version: Version, registry: str, sha: str, *, allow_dirty: bool) -> 
             " not be that commit; commit them, or ALLOW_DIRTY=1"
         )
     tags = version.tags(tag_sha)
-    for name, dockerfile in IMAGES.items():
+    for name, image in IMAGES.items():
         references = [f"{registry}/berth-{name}:{tag}" for tag in tags]
         started = time.monotonic()
         run(
             [
-                "docker", "build", "--quiet", "-f", dockerfile,
+                "docker", "build", "--quiet", "-f", image.dockerfile,
+                *(["--target", image.target] if image.target else []),
                 "--build-arg", f"GIT_SHA={sha}",
                 "--label", f"org.opencontainers.image.title=berth-{name}",
                 "--label", f"org.opencontainers.image.version={version}",

@@ -1,4 +1,4 @@
-"""Bring your own model on the live stack: package it in the api image, restart, serve it."""
+"""Bring your own model on the live stack: package it in the packager image, restart, serve it."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ from sqlalchemy import Engine, text
 
 from tests.e2e.stack import Compose, wait_ready, wait_until
 
-# Fits a mixed-type Pipeline inside the api image (no binaries in the repository), saves it with
-# joblib and a sample CSV, then packages it with the same CLI `make package` runs.
+# Fits a mixed-type Pipeline inside the packager image (no binaries in the repository), saves it
+# with joblib and a sample CSV, then packages it with the same CLI `make package` runs.
 TRAIN_AND_PACKAGE = """
 import sys
 import joblib, numpy as np, pandas as pd

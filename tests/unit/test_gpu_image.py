@@ -1,5 +1,6 @@
 """The API image's GPU variant, checked without building it (it needs NVIDIA's CUDA image, which
-only the release workflow reaches): the Dockerfile's two paths and the GPU requirements.
+only the release workflow reaches): the Dockerfile's two paths and the GPU requirements; and its
+packager stage, the same image plus the ONNX converters, which the serving image does not get.
 
 The default path is built and run by every `make test` (the stack under test), which proves that
 the default build arguments still make the image it always made.
@@ -75,7 +76,13 @@ def test_the_base_image_is_an_argument_with_the_default_base() -> None:
     steps = instructions()
     assert steps[0] == ("ARG", "BASE_IMAGE=python:3.11-slim-bookworm"), "declared before any FROM"
     froms = [args for kind, args in steps if kind == "FROM"]
-    assert froms == ["${BASE_IMAGE} AS base", "base AS builder", "base"]
+    assert froms == [
+        "${BASE_IMAGE} AS base",
+        "base AS builder",
+        "base AS runtime",
+        "runtime AS packager",
+        "runtime",
+    ]
     # every stage that reads GPU declares it, defaulting to the CPU build
     stage: list[str] = []
     for kind, args in [*steps, ("FROM", "")]:
@@ -85,6 +92,43 @@ def test_the_base_image_is_an_argument_with_the_default_base() -> None:
             stage = []
         elif kind in ("ARG", "RUN"):
             stage.append(args)
+
+
+def stages() -> dict[str, list[tuple[str, str]]]:
+    """Each stage's instructions after its FROM, by name ('' for the unnamed last stage)."""
+    found: dict[str, list[tuple[str, str]]] = {}
+    current: list[tuple[str, str]] = []
+    for kind, args in instructions():
+        if kind == "FROM":
+            words = args.split()
+            current = found.setdefault(words[2] if len(words) == 3 else "", [])
+        else:
+            current.append((kind, args))
+    return found
+
+
+def test_the_converters_are_in_the_packager_stage_and_not_the_api_image() -> None:
+    """skl2onnx and onnx are imported only while packaging: requirements/packaging.txt, which the
+    packager stage installs on top of the runtime stage; the last stage, the image an untargeted
+    build makes, is the runtime stage with nothing installed."""
+    api, packaging = pins("api.txt"), pins("packaging.txt")
+    assert {"skl2onnx", "onnx"} <= set(packaging)
+    assert not set(packaging) & (set(api) | set(pins("worker.txt"))), "each pin in one file"
+    assert "-r api.txt" in (REQUIREMENTS / "packaging.txt").read_text().splitlines()
+    assert "-r packaging.txt" in (REQUIREMENTS / "dev.txt").read_text().splitlines()
+
+    by_stage = stages()
+    assert [kind for kind, _ in by_stage[""]] == ["ARG", "ENV"], "the api image adds no files"
+    assert not any("packaging" in args for kind, args in by_stage["builder"])
+    [install] = [args for kind, args in by_stage["packager"] if kind == "RUN"]
+    # its own pins only: a GPU build must not get api.txt's onnxruntime beside onnxruntime-gpu
+    assert "sed '/^-r /d' /build/requirements/packaging.txt" in install
+    assert "--no-deps" in install
+    assert "pip check" in install
+    # installed as root into /opt/venv, then run as berth like the api
+    kinds = [(kind, args) for kind, args in by_stage["packager"] if kind in ("USER", "RUN")]
+    assert kinds[0] == ("USER", "root")
+    assert kinds[-1] == ("USER", "berth:berth")
 
 
 def test_the_release_workflow_builds_the_gpu_variant_on_a_cuda_image() -> None:

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import copy
 import json
+import sys
 from pathlib import Path
 
 import joblib
@@ -10,6 +11,7 @@ import sklearn.base
 
 from berth_api.bundles.bundle import BundleError, FeatureSpec, load_bundle
 from berth_api.bundles.package import PackagingError, main, package, same_predictions
+from berth_api.bundles.train import main as train_main
 from berth_api.bundles.trust import TrustPolicy
 from berth_api.serving.features import Value
 from berth_api.serving.predictor import Predictor
@@ -97,6 +99,26 @@ def test_refuses_another_scikit_learn_version(
         package(tmp_path / "old.joblib", models_dir, "old", "1")
     meta = package(tmp_path / "old.joblib", models_dir, "old", "1", allow_version_mismatch=True)
     assert meta.sklearn_version == sklearn.__version__
+
+
+def test_without_the_converters_it_says_where_to_package(
+    tmp_path: Path,
+    models_dir: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """The api image has no skl2onnx: packaging there refuses and names the packager image,
+    unless the compiled form is not wanted; so does the demo trainer."""
+    model = save(spend_regressor(), tmp_path / "r.joblib")
+    monkeypatch.setitem(sys.modules, "skl2onnx", None)  # import fails as if not installed
+    with pytest.raises(PackagingError, match=r"skl2onnx is not installed here: .*berth-packager"):
+        package(model, models_dir, "spend", "1")
+    assert not (models_dir / "spend").exists()
+    meta = package(model, models_dir, "spend", "1", compile_onnx=False)
+    assert meta.compiled is None
+    assert train_main(["--models-dir", str(models_dir)]) == 1
+    assert "berth train: refused: skl2onnx is not installed here" in capsys.readouterr().err
+    assert not (models_dir / "iris").exists()
 
 
 def test_cli(tmp_path: Path, models_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:

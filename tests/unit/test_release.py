@@ -87,11 +87,39 @@ def test_history_keeps_deployments_in_order(tmp_path: Path) -> None:
     assert history.current() == second
     assert second.api_image == "localhost:5000/berth-api:1.1.0"
     assert second.worker_image == "localhost:5000/berth-worker:1.1.0"
+    assert second.packager_image == "localhost:5000/berth-packager:1.1.0"
+    assert Deployment.local().images == (
+        "berth-api:latest",
+        "berth-worker:latest",
+        "berth-packager:latest",
+    )
     text = history.path.read_text()
     assert text.startswith("#"), "the file says what it is"
     history.path.write_text(text + "broken line\n")
-    with pytest.raises(ReleaseError, match="expected 4 fields"):
+    with pytest.raises(ReleaseError, match="expected 5 fields"):
         history.entries()
+
+
+def test_history_written_before_the_packager_image_packages_with_the_api_image(
+    tmp_path: Path,
+) -> None:
+    """A release made before the packager image carried the converters in its api image: going
+    back to it runs that image for make train and make package too."""
+    history = History(tmp_path / ".deploy-history")
+    history.path.write_text(
+        "# Berth deployments, oldest first: <UTC time> <version> <api image> <worker image>.\n"
+        "2026-11-01T10:00:00Z local berth-api:latest berth-worker:latest\n"
+        "2026-11-02T10:00:00Z 1.0.0 localhost:5000/berth-api:1.0.0"
+        " localhost:5000/berth-worker:1.0.0\n"
+    )
+    old = history.current()
+    assert old.packager_image == old.api_image == "localhost:5000/berth-api:1.0.0"
+    assert old.settings()["BERTH_PACKAGER_IMAGE"] == "localhost:5000/berth-api:1.0.0"
+    # an env file such a deploy wrote names the api image alone: seed-model runs that one too
+    services = resolved("docker-compose.yml", env={"BERTH_API_IMAGE": old.api_image})["services"]
+    assert services["seed-model"]["image"] == old.api_image
+    history.write([*history.entries(), Deployment.of("1.1.0", "localhost:5000")])
+    assert [len(line.split()) for line in history.path.read_text().splitlines()[2:]] == [5, 5, 5]
 
 
 def test_env_file_gets_the_images_and_loses_them_again(tmp_path: Path) -> None:
@@ -105,6 +133,7 @@ def test_env_file_gets_the_images_and_loses_them_again(tmp_path: Path) -> None:
         "BERTH_API_IMAGE=localhost:5000/berth-api:1.1.0",
         "API_PORT=8000",
         "BERTH_WORKER_IMAGE=localhost:5000/berth-worker:1.1.0",
+        "BERTH_PACKAGER_IMAGE=localhost:5000/berth-packager:1.1.0",
         "BERTH_PULL_POLICY=missing",
     ]
     # back to the local builds: the settings go, the rest stays, secrets stay private
@@ -194,11 +223,24 @@ def test_images_follow_the_deployed_release() -> None:
     local = resolved("docker-compose.yml")["services"]
     assert (local["api"]["image"], local["api"]["pull_policy"]) == ("berth-api:latest", "never")
     assert local["migrate"]["image"] == local["worker"]["image"] == "berth-worker:latest"
+    # packaging runs the api's Dockerfile's packager stage: the api image plus the converters
+    assert (local["seed-model"]["image"], local["seed-model"]["pull_policy"]) == (
+        "berth-packager:latest",
+        "never",
+    )
+    packager, api = local["seed-model"]["build"], local["api"]["build"]
+    assert packager["target"] == "packager"
+    assert "target" not in api, "the api image is the Dockerfile's last stage"
+    assert (packager["dockerfile"], packager["args"]) == (api["dockerfile"], api["args"])
+    # every image is built by one service; the other services run it
+    built = [name for name, service in local.items() if "build" in service]
+    images = [local[name]["image"] for name in built]
+    assert sorted(images) == sorted({*Deployment.local().images}), built
     deployed = Deployment.of("1.1.0", "localhost:5000")
     services = resolved("docker-compose.yml", env=deployed.environment())["services"]
     for name, image in (
         ("api", deployed.api_image),
-        ("seed-model", deployed.api_image),
+        ("seed-model", deployed.packager_image),
         ("worker", deployed.worker_image),
         ("migrate", deployed.worker_image),
     ):

@@ -20,6 +20,8 @@ from typing import Any
 import pytest
 import yaml  # type: ignore[import-untyped]
 
+from scripts.release import IMAGES
+
 ROOT = Path(__file__).resolve().parents[2]
 WORKFLOWS = ROOT / ".github" / "workflows"
 WORKFLOW_FILES = sorted(WORKFLOWS.glob("*.yml"))
@@ -207,25 +209,41 @@ def test_ci_runs_lint_types_and_the_whole_suite() -> None:
     assert not any(".ci/run" in script for script in scripts)
 
 
-def test_release_builds_both_images_and_the_gpu_variant() -> None:
+def test_release_builds_every_image_and_the_gpu_variant() -> None:
     workflow = load(WORKFLOWS / "release.yml")
     assert workflow["on"] == {"push": {"tags": ["v*.*.*"]}}
     assert workflow["jobs"]["checks"]["uses"] == "$/.github/workflows/ci.yml"
     images = workflow["jobs"]["images"]
     assert images["needs"] == "checks"
     variants = {
-        (entry["image"], entry["suffix"], entry["build-args"], entry["dockerfile"])
+        (
+            entry["image"],
+            entry["suffix"],
+            entry["build-args"],
+            entry["dockerfile"],
+            entry["target"],
+        )
         for entry in images["strategy"]["matrix"]["include"]
     }
     assert variants == {
-        ("berth-api", "", "", "services/api/Dockerfile"),
+        ("berth-api", "", "", "services/api/Dockerfile", ""),
         (
             "berth-api",
             "-gpu",
             "GPU=true\nBASE_IMAGE=nvidia/cuda:12.8.1-cudnn-runtime-ubuntu22.04\n",
             "services/api/Dockerfile",
+            "",
         ),
-        ("berth-worker", "", "", "services/worker/Dockerfile"),
+        # the api image plus the ONNX converters: the Dockerfile's packager stage
+        ("berth-packager", "", "", "services/api/Dockerfile", "packager"),
+        ("berth-worker", "", "", "services/worker/Dockerfile", ""),
+    }
+    # what make release builds and tags too, from the same Dockerfile and stage
+    for entry in images["strategy"]["matrix"]["include"]:
+        image = IMAGES[entry["image"].removeprefix("berth-")]
+        assert (entry["dockerfile"], entry["target"] or None) == (image.dockerfile, image.target)
+    assert {entry["image"] for entry in images["strategy"]["matrix"]["include"]} == {
+        f"berth-{name}" for name in IMAGES
     }
 
     by_action = {step["uses"].split("@")[0]: step for step in images["steps"] if "uses" in step}
@@ -250,6 +268,7 @@ def test_release_builds_both_images_and_the_gpu_variant() -> None:
     assert build["sbom"] is True
     assert build["context"] == "."
     assert build["file"] == "${{ matrix.dockerfile }}"
+    assert build["target"] == "${{ matrix.target }}"
     assert build["build-args"] == "${{ matrix.build-args }}"
     assert build["tags"] == "${{ steps.meta.outputs.tags }}"
     assert "docker/setup-buildx-action" in by_action

@@ -71,7 +71,7 @@ LONG_LOAD_SECONDS = 600.0
 # Load that goes on after the last step, so that what follows it is checked too.
 TAIL_SECONDS = 5.0
 MAKE_TIMEOUT_SECONDS = 900
-# A second iris model, packaged as `make package` does, inside the api image (seed-model).
+# A second iris model, packaged as `make package` does, inside the packager image (seed-model).
 TRAIN_IRIS_2 = """
 import joblib
 from sklearn.datasets import load_iris

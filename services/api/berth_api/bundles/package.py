@@ -52,6 +52,9 @@ from berth_common.settings import parse_trusted_types
 # Sample rows the model's skops copy and compiled form are compared with it on (every row is
 # checked through the API's validation and predictor).
 SAMPLE_ROWS_CHECKED = 100
+# What compiling imports that serving does not: the packager image has them, the api image not
+# (requirements/packaging.txt).
+CONVERTERS = frozenset({"skl2onnx", "onnx"})
 
 
 class PackagingError(Exception):
@@ -290,6 +293,14 @@ def try_compile(
         compiled = compile_model(model, features, rows)
     except NotCompiled as exc:
         return None, f"not compiled, served by scikit-learn: {exc}"
+    except ModuleNotFoundError as exc:
+        # Refused rather than served by scikit-learn: the bundle would be slow for no reason.
+        if (exc.name or "").split(".")[0] not in CONVERTERS:
+            raise
+        raise PackagingError(
+            f"{exc.name} is not installed here: package in the packager image (berth-packager;"
+            " make package, make train and seed-model run it), not the api image"
+        ) from exc
     spec = compiled.spec
     return compiled, (
         f"compiled to ONNX ({spec.input_type} inputs), equal to scikit-learn on "

@@ -19,7 +19,7 @@ from sklearn.metrics import accuracy_score
 from sklearn.model_selection import train_test_split
 
 from berth_api.bundles.bundle import BundleMetadata, FeatureSpec, bundle_dirs, write_bundle
-from berth_api.bundles.package import same_predictions, try_compile
+from berth_api.bundles.package import PackagingError, same_predictions, try_compile
 from berth_api.bundles.reference import training_reference
 
 DEMO_NAME = "iris"
@@ -82,7 +82,11 @@ def main(argv: list[str] | None = None) -> int:
     if (args.models_dir / DEMO_NAME / DEMO_VERSION).exists() and not args.force:
         print(f"{DEMO_NAME}/{DEMO_VERSION} already exists; use --force to retrain it")
         return 0
-    metadata = train_demo(args.models_dir, replace=args.force)
+    try:
+        metadata = train_demo(args.models_dir, replace=args.force)
+    except PackagingError as exc:
+        print(f"berth train: refused: {exc}", file=sys.stderr)
+        return 1
     print(
         f"trained {metadata.name}/{metadata.version} into {args.models_dir}: "
         f"held-out accuracy {metadata.metrics['accuracy']:.3f}, {metadata.model_file} "
