@@ -40,7 +40,7 @@ import sys
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from functools import partial
 from pathlib import Path
@@ -402,6 +402,28 @@ def server_of(service: str) -> str:
     return "api-1" if service == "api" else service
 
 
+def _pull_image(image: str) -> None:
+    run(["docker", "pull", "--quiet", image])
+
+
+def with_packager(
+    target: Deployment, pull_image: Callable[[str], None] = _pull_image
+) -> Deployment:
+    """The release, with its api image as packager when the registry has no packager image for
+    it: a release made before berth-packager existed carried the converters in its api image."""
+    if target.is_local or target.packager_image == target.api_image:
+        return target
+    try:
+        pull_image(target.packager_image)
+    except ReleaseError as exc:
+        print(
+            f"deploy: {target.packager_image} could not be pulled ({exc}); make train and make"
+            f" package will run {target.api_image}, as releases from before berth-packager did"
+        )
+        return replace(target, packager_image=target.api_image)
+    return target
+
+
 def pull(deployment: Deployment) -> None:
     """Every image, the packager's too: make train and make package run it after the deploy."""
     for image in deployment.images:
@@ -585,6 +607,7 @@ def locked(history: History) -> Iterator[None]:
 def deploy(stack: Stack, history: History, env_file: Path, target: Deployment) -> None:
     entries = history.entries() or [Deployment.local()]
     started = time.monotonic()
+    target = with_packager(target)
     switch(stack, target, migrate=True, workers_first=True)
     update_env_file(env_file, target.settings())
     history.write([*entries, target])

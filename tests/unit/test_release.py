@@ -25,6 +25,7 @@ from scripts.release import (
     registry_of,
     server_of,
     update_env_file,
+    with_packager,
 )
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -120,6 +121,29 @@ def test_history_written_before_the_packager_image_packages_with_the_api_image(
     assert services["seed-model"]["image"] == old.api_image
     history.write([*history.entries(), Deployment.of("1.1.0", "localhost:5000")])
     assert [len(line.split()) for line in history.path.read_text().splitlines()[2:]] == [5, 5, 5]
+
+
+def test_a_release_without_a_packager_image_packages_with_its_api_image() -> None:
+    pulled: list[str] = []
+
+    def registry_without_packager(image: str) -> None:
+        pulled.append(image)
+        if "berth-packager" in image:
+            raise ReleaseError(f"`docker pull {image}` exited 1: manifest unknown")
+
+    def registry_with_everything(image: str) -> None:
+        pulled.append(image)
+
+    target = Deployment.of("1.0.0", "localhost:5000")
+    old = with_packager(target, registry_without_packager)
+    assert old.packager_image == old.api_image == "localhost:5000/berth-api:1.0.0"
+    assert old.settings()["BERTH_PACKAGER_IMAGE"] == old.api_image
+    assert with_packager(target, registry_with_everything) == target
+    assert pulled == ["localhost:5000/berth-packager:1.0.0"] * 2
+    # the local builds are never pulled
+    local = Deployment.local()
+    assert with_packager(local, registry_without_packager) is local
+    assert len(pulled) == 2
 
 
 def test_env_file_gets_the_images_and_loses_them_again(tmp_path: Path) -> None:
