@@ -23,7 +23,8 @@ container, the API's memory per process and the image sizes. It prints tables an
 held against them, and writes everything as JSON to bench-results/.
 
 Settings (environment): BENCH_SECONDS (10), BENCH_API_PORT (18200), BENCH_BACKLOG_ROWS
-(200000), BENCH_BASELINES (1; 0 skips them), BENCH_KEEP (0; 1 leaves the stack up).
+(200000), BENCH_BASELINES (1; 0 skips them), BENCH_KEEP (0; 1 leaves the stack up),
+BENCH_ROUNDS (3: rounds of the side-by-side configurations, the median kept).
 Only the standard library: it runs on the host with any python3.
 """
 
@@ -54,6 +55,7 @@ SECONDS = int(os.environ.get("BENCH_SECONDS", "10"))
 BACKLOG_ROWS = int(os.environ.get("BENCH_BACKLOG_ROWS", "200000"))
 BASELINES = os.environ.get("BENCH_BASELINES", "1") != "0"
 KEEP = os.environ.get("BENCH_KEEP", "0") == "1"
+ROUNDS = max(1, int(os.environ.get("BENCH_ROUNDS", "3")))
 COMPOSE = ["docker", "compose", "-p", PROJECT, "--env-file", str(ENV_FILE)]
 CONCURRENCY = (1, 8, 64)
 # (name, path, wrk body format, wrk mode): Berth's REST routes, then the same distinct rows in
@@ -273,24 +275,41 @@ def berth_runs(results: dict[str, Any]) -> None:
 def configurations(results: dict[str, Any]) -> None:
     """Distinct rows at 64 connections, the load the goals are set for, with the settings a user
     gets from `make up` and the alternatives, each through the published port (what a user on
-    this host reaches) and the container's bridge address (no docker-proxy in between)."""
+    this host reaches) and the container's bridge address (no docker-proxy in between).
+
+    BENCH_ROUNDS rounds, the configurations in turn in each, and each one's run of median req/s
+    kept: on a shared 2-core machine two runs of the same configuration a minute apart differed
+    by a third, which single runs turned into differences between configurations."""
+    runs: list[dict[str, Any]] = []
+    for round_number in range(1, ROUNDS + 1):
+        for label, environment in CONFIGURATIONS:
+            restart_api(**environment)
+            container = api_container()
+            for through, url in (("published port", published_url()), ("bridge", api_url())):
+                wrk(url, 64, "berth", "distinct", seconds=3)  # warm-up
+                since = datetime.now(UTC).isoformat()
+                point = measured(container, url, 64, "berth", "distinct")
+                until = datetime.now(UTC).isoformat()
+                point["ledger"] = in_api("lag", since, until)
+                point.update(settings=label, through=through, round=round_number)
+                runs.append(point)
+                log(
+                    f"berth round {round_number} {label:>15}, {through:>14}: "
+                    f"{point['rps']:>8.0f} req/s  p99 {point['p99_ms']:.2f} ms  "
+                    f"{point['cpu_us_per_request']} us CPU/request  "
+                    f"lag p99 {point['ledger']['lag_p99_ms']} ms"
+                )
+    results["configuration_runs"] = runs
     results["configurations"] = []
-    for label, environment in CONFIGURATIONS:
-        restart_api(**environment)
-        container = api_container()
-        for through, url in (("published port", published_url()), ("bridge", api_url())):
-            wrk(url, 64, "berth", "distinct", seconds=3)  # warm-up
-            since = datetime.now(UTC).isoformat()
-            point = measured(container, url, 64, "berth", "distinct")
-            until = datetime.now(UTC).isoformat()
-            point["ledger"] = in_api("lag", since, until)
-            point.update(settings=label, through=through)
-            results["configurations"].append(point)
-            log(
-                f"berth {label:>15}, {through:>14}: {point['rps']:>8.0f} req/s  "
-                f"p99 {point['p99_ms']:.2f} ms  {point['cpu_us_per_request']} us CPU/request  "
-                f"lag p99 {point['ledger']['lag_p99_ms']} ms"
+    for label, _ in CONFIGURATIONS:
+        for through in ("published port", "bridge"):
+            same = sorted(
+                (p for p in runs if p["settings"] == label and p["through"] == through),
+                key=lambda p: p["rps"],
             )
+            median = dict(same[(len(same) - 1) // 2])
+            median["rps_rounds"] = [p["rps"] for p in sorted(same, key=lambda p: p["round"])]
+            results["configurations"].append(median)
     restart_api()
     results["api_memory"] = in_api("memory")
 
@@ -507,18 +526,21 @@ def headline(results: dict[str, Any]) -> list[str]:
         "",
         "## Side by side: 64 connections, distinct single rows (ledger on for Berth)",
         "",
-        "| target | req/s | p99 ms | CPU us/request | ledger lag p99 ms |",
-        "| --- | ---: | ---: | ---: | ---: |",
+        "Berth: the run of median req/s of each configuration's rounds (all rounds listed).",
+        "",
+        "| target | req/s | p99 ms | CPU us/request | ledger lag p99 ms | req/s, each round |",
+        "| --- | ---: | ---: | ---: | ---: | --- |",
     ]
     for p in table:
+        rounds = " / ".join(f"{rps:,.0f}" for rps in p.get("rps_rounds", [p["rps"]]))
         lines.append(
             f"| Berth, {p['settings']}, {p['through']} | {p['rps']:,.0f} | {p['p99_ms']:.1f} | "
-            f"{p['cpu_us_per_request']} | {p['ledger']['lag_p99_ms']:,.0f} |"
+            f"{p['cpu_us_per_request']} | {p['ledger']['lag_p99_ms']:,.0f} | {rounds} |"
         )
     peers = {name: point_at(points, 64) for name, points in results.get("baselines", {}).items()}
     for name, p in peers.items():
         lines.append(
-            f"| {name} | {p['rps']:,.0f} | {p['p99_ms']:.1f} | {p['cpu_us_per_request']} | |"
+            f"| {name} | {p['rps']:,.0f} | {p['p99_ms']:.1f} | {p['cpu_us_per_request']} | | |"
         )
     defaults = next(
         p for p in table if p["settings"] == "make up defaults" and p["through"] == "published port"
