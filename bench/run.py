@@ -318,13 +318,23 @@ def restart_api(**environment: str) -> None:
     """Recreates the api container with these settings (compose passes them through), or with
     the env file's alone: a setting of an earlier call does not stay."""
     inherited = {k: v for k, v in os.environ.items() if k not in API_SETTINGS_VARIED}
-    subprocess.run(
+    started = time.monotonic()
+    done = subprocess.run(
         [*COMPOSE, "up", "--detach", "--no-deps", "--wait", "api"],
         cwd=ROOT,
         env={**inherited, **environment},
-        check=True,
         capture_output=True,
+        text=True,
     )
+    if done.returncode != 0:
+        # what compose said, the container's state and health checks, and its last log lines
+        state = run(["docker", "inspect", "-f", "{{json .State}}", api_container()], check=False)
+        logs = run([*COMPOSE, "logs", "--no-color", "--tail", "40", "api"], check=False)
+        raise SystemExit(
+            f"bench: the api did not come back ({environment or 'defaults'}) after"
+            f" {time.monotonic() - started:.0f} s:\n{done.stdout}{done.stderr}\n{state}\n{logs}"
+        )
+    log(f"api recreated ({environment or 'defaults'}) in {time.monotonic() - started:.0f} s")
     wait_http(f"http://127.0.0.1:{PORT}/predict", b'{"features":[5.1,3.5,1.4,0.2]}')
 
 
