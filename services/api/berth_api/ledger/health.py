@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import asyncio
 import json
-from typing import Any
+import weakref
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
@@ -20,6 +22,34 @@ from berth_common.settings import ApiSettings
 
 # Entries waiting in the stream beyond which the workers are said to be falling behind.
 BACKLOG_LIMIT = 10_000
+# The longest /readyz waits for the database: the gateway gives a replica 5 s to answer in all.
+DATABASE_CHECK_SECONDS = 2.0
+
+T = TypeVar("T")
+# The check of each kind running in a thread now, per event loop (see _in_thread_within).
+_RUNNING: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[str, asyncio.Future[Any]]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+async def _in_thread_within(seconds: float, kind: str, func: Callable[[], T]) -> T:
+    """`func` in a thread, waited for `seconds` at most, or TimeoutError.
+
+    starlette's run_in_threadpool cannot be timed out: its wait is shielded, so asyncio.wait_for
+    around it waited as long as the thread did, and a database slow to answer kept /readyz from
+    answering at all; under a busy host the gateway then took every replica out at once, while
+    predictions, which never touch the database, were being served in milliseconds. Here a late
+    thread is left to finish on its own, and while it runs the next check of its kind waits for
+    it rather than starting another: stuck checks cannot pile up threads."""
+    loop = asyncio.get_running_loop()
+    running = _RUNNING.setdefault(loop, {})
+    future = running.get(kind)
+    if future is None or future.done():
+        future = running[kind] = loop.run_in_executor(None, func)
+        # an abandoned check's failure is not left unretrieved (asyncio would log it)
+        future.add_done_callback(lambda done: done.cancelled() or done.exception())
+    result: T = await asyncio.wait_for(asyncio.shield(future), seconds)
+    return result
 
 
 async def ledger_checks(
@@ -42,8 +72,12 @@ async def ledger_checks(
         detail=f"{spooled} entries waiting for Redis" if spooled else "empty",
     )
     try:
-        await asyncio.wait_for(run_in_threadpool(_ping_database, engine), timeout=2.0)
+        await _in_thread_within(DATABASE_CHECK_SECONDS, "database", lambda: _ping_database(engine))
         checks["database"] = Check(ok=True, detail="reachable")
+    except TimeoutError:
+        checks["database"] = Check(
+            ok=False, detail=f"no answer within {DATABASE_CHECK_SECONDS:g} s (busy or unreachable)"
+        )
     except Exception as exc:
         checks["database"] = Check(ok=False, detail=f"unreachable: {exc!r}"[:300])
     return checks
