@@ -186,6 +186,8 @@ class LedgerConsumer:
         return outcome
 
     def ensure_group(self) -> None:
+        """Creates the group if need be, and joins it: the API finds the workers through the
+        group's members (a read on an empty stream does not make a consumer a member)."""
         try:
             self._redis.xgroup_create(self._stream, self._group, id="0", mkstream=True)
         except redis.ResponseError as exc:
@@ -193,6 +195,7 @@ class LedgerConsumer:
                 raise
         else:
             log.info("created consumer group %s on %s", self._group, self._stream)
+        self._redis.xgroup_createconsumer(self._stream, self._group, self._name)
         self._group_ready = True
 
     def drain_pending(self) -> BatchOutcome:

@@ -11,7 +11,7 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 from redis.asyncio import Redis
-from redis.exceptions import RedisError
+from redis.exceptions import RedisError, ResponseError
 from sqlalchemy import Engine, text
 
 from berth_api.ledger.spool import LedgerSpool
@@ -21,9 +21,10 @@ from berth_common.settings import ApiSettings
 
 # Entries waiting in the stream beyond which the workers are said to be falling behind.
 BACKLOG_LIMIT = 10_000
-# The longest /readyz waits for the database, and for the spool's count: the gateway gives a
-# replica 5 s to answer in all.
+# The longest /readyz waits for the database, for the spool's count, and for Redis's three
+# answers together; they are asked at once, and the gateway gives a replica 5 s to answer in all.
 DATABASE_CHECK_SECONDS = 2.0
+REDIS_CHECK_SECONDS = 1.5
 
 T = TypeVar("T")
 # The check of each kind running in a thread now, per event loop (see _in_thread_within).
@@ -55,38 +56,53 @@ async def _in_thread_within(seconds: float, kind: str, func: Callable[[], T]) ->
 async def ledger_checks(
     settings: ApiSettings, redis: Redis, engine: Engine, spool: LedgerSpool
 ) -> dict[str, Check]:
-    timeout = settings.redis_timeout_seconds
-    checks: dict[str, Check] = {}
+    """Redis, the spool and the database, asked at the same time: each is bounded on its own,
+    and one after the other their bounds added up to more than the gateway's 5 s for the whole
+    answer, so a loaded machine, where all three are slow together, failed every replica's
+    check at once."""
+    redis_checks, spool_check, database_check = await asyncio.gather(
+        _redis_checks(settings, redis), _spool(spool), _database(engine)
+    )
+    return {**redis_checks, "spool": spool_check, "database": database_check}
+
+
+async def _redis_checks(settings: ApiSettings, redis: Redis) -> dict[str, Check]:
     try:
-        await asyncio.wait_for(redis.ping(), timeout=timeout)
-        checks["redis"] = Check(ok=True, detail="reachable")
-        checks["backlog"] = await asyncio.wait_for(_backlog(settings, redis), timeout=timeout)
-        checks["workers"] = await asyncio.wait_for(_workers(settings, redis), timeout=timeout)
+        async with asyncio.timeout(REDIS_CHECK_SECONDS):
+            await redis.ping()
+            return {
+                "redis": Check(ok=True, detail="reachable"),
+                "backlog": await _backlog(settings, redis),
+                "workers": await _workers(settings, redis),
+            }
     except (RedisError, OSError, TimeoutError) as exc:
-        checks["redis"] = Check(
-            ok=False, detail=f"unreachable, ledger entries are spooled: {exc!r}"
-        )
+        return {
+            "redis": Check(ok=False, detail=f"unreachable, ledger entries are spooled: {exc!r}")
+        }
+
+
+async def _spool(spool: LedgerSpool) -> Check:
     try:
         spooled = await _in_thread_within(DATABASE_CHECK_SECONDS, "spool", spool.count_entries)
     except TimeoutError:
-        checks["spool"] = Check(
+        return Check(
             ok=False, detail=f"not counted within {DATABASE_CHECK_SECONDS:g} s (disk busy)"
         )
-    else:
-        checks["spool"] = Check(
-            ok=spooled == 0,
-            detail=f"{spooled} entries waiting for Redis" if spooled else "empty",
-        )
+    return Check(
+        ok=spooled == 0, detail=f"{spooled} entries waiting for Redis" if spooled else "empty"
+    )
+
+
+async def _database(engine: Engine) -> Check:
     try:
         await _in_thread_within(DATABASE_CHECK_SECONDS, "database", lambda: _ping_database(engine))
-        checks["database"] = Check(ok=True, detail="reachable")
     except TimeoutError:
-        checks["database"] = Check(
+        return Check(
             ok=False, detail=f"no answer within {DATABASE_CHECK_SECONDS:g} s (busy or unreachable)"
         )
     except Exception as exc:
-        checks["database"] = Check(ok=False, detail=f"unreachable: {exc!r}"[:300])
-    return checks
+        return Check(ok=False, detail=f"unreachable: {exc!r}"[:300])
+    return Check(ok=True, detail="reachable")
 
 
 async def _backlog(settings: ApiSettings, redis: Redis) -> Check:
@@ -98,13 +114,23 @@ async def _backlog(settings: ApiSettings, redis: Redis) -> Check:
 
 
 async def worker_beats(settings: ApiSettings, redis: Redis) -> list[dict[str, Any]]:
-    """The heartbeat of every worker whose heartbeat has not expired."""
-    beats: list[dict[str, Any]] = []
-    async for key in redis.scan_iter(match=settings.keys.heartbeat_pattern, count=100):
-        raw = await redis.get(key)
-        if raw is not None:
-            beats.append(json.loads(raw))
-    return beats
+    """The heartbeat of every member of the ledger's consumer group whose heartbeat has not
+    expired: two commands whatever the size of the keyspace. (A SCAN for the heartbeat keys walked
+    every key, and the cache and idempotency keys of a busy stack number hundreds of thousands:
+    thousands of round trips per /readyz, every second, on every replica.) A worker joins the
+    group as it starts, a moment after its first beat."""
+    try:
+        consumers = await redis.xinfo_consumers(settings.ledger_stream, settings.ledger_group)
+    except ResponseError:  # no stream or no group yet: no worker has read
+        return []
+    keys = [settings.keys.heartbeat(_text(consumer["name"])) for consumer in consumers]
+    if not keys:
+        return []
+    return [json.loads(raw) for raw in await redis.mget(keys) if raw is not None]
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
 
 
 async def _workers(settings: ApiSettings, redis: Redis) -> Check:
