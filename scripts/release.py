@@ -365,9 +365,24 @@ class Gateway:
         }
 
     def set_state(self, server: str, state: str) -> None:
-        answer = self.admin(f"set server {GATEWAY_BACKEND}/{server} state {state}").strip()
-        if answer:
-            raise ReleaseError(f"gateway refused `set server {server} state {state}`: {answer}")
+        """Sets the replica's state, in its unchecked fallback entry too when the gateway has one
+        (deploy/gateway/haproxy.cfg): a drained replica gets no request even while every other
+        replica fails its checks."""
+        for name in self.entries_of(server):
+            answer = self.admin(f"set server {GATEWAY_BACKEND}/{name} state {state}").strip()
+            if answer:
+                raise ReleaseError(f"gateway refused `set server {name} state {state}`: {answer}")
+
+    def entries_of(self, server: str) -> list[str]:
+        """The replica's entries in the gateway: its own, and its fallback if there is one (a
+        gateway from before the fallbacks has none)."""
+        return [name for name in (server, fallback_of(server)) if name in self.servers()]
+
+    def drained(self, server: str, timeout: float) -> float:
+        """Waits until none of the replica's entries has a request in flight."""
+        return self.wait_all(
+            set(self.entries_of(server)), "drained", lambda row: row["scur"] == "0", timeout
+        )
 
     def wait(
         self, server: str, what: str, done: Callable[[dict[str, str]], bool], timeout: float
@@ -400,6 +415,12 @@ class Gateway:
 def server_of(service: str) -> str:
     """The gateway's name for an API service: api is api-1."""
     return "api-1" if service == "api" else service
+
+
+def fallback_of(server: str) -> str:
+    """The gateway's unchecked entry for the same replica, used while every replica fails its
+    checks."""
+    return f"{server}-fallback"
 
 
 def _pull_image(image: str) -> None:
@@ -542,9 +563,7 @@ def replace_apis(stack: Stack, env: Mapping[str, str] | None = None) -> None:
         gateway.wait_all(others, "serving", is_up, READY_TIMEOUT_SECONDS)
         # maint: no new request goes there; those in flight finish (scur counts them).
         gateway.set_state(server, "maint")
-        drained = gateway.wait(
-            server, "drained", lambda row: row["scur"] == "0", DRAIN_TIMEOUT_SECONDS
-        )
+        drained = gateway.drained(server, DRAIN_TIMEOUT_SECONDS)
         try:
             stack("up", "--detach", "--no-deps", "--force-recreate", service, env=env)
             # Out of the gateway until it is ready: an UP the gateway kept from the old container

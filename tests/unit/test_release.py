@@ -22,6 +22,7 @@ from scripts.release import (
     History,
     ReleaseError,
     Version,
+    fallback_of,
     registry_of,
     server_of,
     update_env_file,
@@ -170,10 +171,13 @@ def test_env_file_gets_the_images_and_loses_them_again(tmp_path: Path) -> None:
 def test_gateway_names_of_the_api_services() -> None:
     assert [server_of(s) for s in ("api", "api-2", "api-3")] == ["api-1", "api-2", "api-3"]
     config = (ROOT / "deploy" / "gateway" / "haproxy.cfg").read_text()
-    servers = [
-        line.split()[1] for line in config.splitlines() if line.strip().startswith("server ")
-    ]
-    assert servers == ["api-1", "api-2", "api-3"]
+    lines = [line.split() for line in config.splitlines() if line.strip().startswith("server ")]
+    checked = [words[1] for words in lines if "check" in words]
+    assert checked == ["api-1", "api-2", "api-3"]
+    # each replica's fallback: the same address, unchecked, used only when no checked one is up
+    fallbacks = {words[1]: words[2] for words in lines if "backup" in words}
+    assert fallbacks == {fallback_of(name): f"{name}:8000" for name in checked}
+    assert not any("check" in words for words in lines if "backup" in words)
 
 
 def test_release_refuses_a_bad_version_before_building(capsys: pytest.CaptureFixture[str]) -> None:
