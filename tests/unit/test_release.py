@@ -172,12 +172,15 @@ def test_gateway_names_of_the_api_services() -> None:
     assert [server_of(s) for s in ("api", "api-2", "api-3")] == ["api-1", "api-2", "api-3"]
     config = (ROOT / "deploy" / "gateway" / "haproxy.cfg").read_text()
     lines = [line.split() for line in config.splitlines() if line.strip().startswith("server ")]
-    checked = [words[1] for words in lines if "check" in words]
-    assert checked == ["api-1", "api-2", "api-3"]
-    # each replica's fallback: the same address, unchecked, used only when no checked one is up
+    replicas = [words[1] for words in lines if "backup" not in words]
+    assert replicas == ["api-1", "api-2", "api-3"]
+    # each replica's fallback: the same address (allowed twice), unchecked, used only when no
+    # replica's own entry is up
     fallbacks = {words[1]: words[2] for words in lines if "backup" in words}
-    assert fallbacks == {fallback_of(name): f"{name}:8000" for name in checked}
-    assert not any("check" in words for words in lines if "backup" in words)
+    assert fallbacks == {fallback_of(name): f"{name}:8000" for name in replicas}
+    for words in lines:
+        assert ("check" in words) == ("backup" not in words)
+        assert ("allow-dup-ip" in words) == ("backup" in words)
 
 
 def test_release_refuses_a_bad_version_before_building(capsys: pytest.CaptureFixture[str]) -> None:
