@@ -59,7 +59,6 @@ class ModelBatcher:
         # Seconds per call, by the bit length of its row count (1, 2-3, 4-7, ... rows); a size
         # not measured yet goes to the thread.
         self._seconds: dict[int, float] = {}
-        self.inline_calls = 0
 
     @property
     def engine(self) -> str:
@@ -80,7 +79,6 @@ class ModelBatcher:
         rows = sum(len(request) for request in requests)
         started = time.perf_counter()
         if self._seconds.get(rows.bit_length(), INLINE_BUDGET_SECONDS + 1) <= INLINE_BUDGET_SECONDS:
-            self.inline_calls += 1
             answers = self._timed(requests, rows)
         else:
             loop = asyncio.get_running_loop()
