@@ -364,25 +364,19 @@ class Gateway:
             if row.get("pxname") == GATEWAY_BACKEND and row["svname"] not in ("FRONTEND", "BACKEND")
         }
 
-    def set_state(self, server: str, state: str) -> None:
-        """Sets the replica's state, in its unchecked fallback entry too when the gateway has one
-        (deploy/gateway/haproxy.cfg): a drained replica gets no request even while every other
-        replica fails its checks."""
-        for name in self.entries_of(server):
+    def set_state(self, entries: set[str], state: str) -> None:
+        """Sets the state of a replica's entries (entries_of): with its unchecked fallback's
+        too, a drained replica gets no request even while every other one fails its checks."""
+        for name in sorted(entries):
             answer = self.admin(f"set server {GATEWAY_BACKEND}/{name} state {state}").strip()
             if answer:
                 raise ReleaseError(f"gateway refused `set server {name} state {state}`: {answer}")
 
-    def entries_of(self, server: str) -> list[str]:
+    def entries_of(self, server: str) -> set[str]:
         """The replica's entries in the gateway: its own, and its fallback if there is one (a
-        gateway from before the fallbacks has none)."""
-        return [name for name in (server, fallback_of(server)) if name in self.servers()]
-
-    def drained(self, server: str, timeout: float) -> float:
-        """Waits until none of the replica's entries has a request in flight."""
-        return self.wait_all(
-            set(self.entries_of(server)), "drained", lambda row: row["scur"] == "0", timeout
-        )
+        gateway from before the fallbacks has none; deploy/gateway/haproxy.cfg)."""
+        servers = self.servers()
+        return {name for name in (server, fallback_of(server)) if name in servers}
 
     def wait(
         self, server: str, what: str, done: Callable[[dict[str, str]], bool], timeout: float
@@ -561,9 +555,12 @@ def replace_apis(stack: Stack, env: Mapping[str, str] | None = None) -> None:
         # check on a loaded machine) would otherwise leave fewer serving than the layout promises.
         others = {server_of(other) for other in services} - {server}
         gateway.wait_all(others, "serving", is_up, READY_TIMEOUT_SECONDS)
+        entries = gateway.entries_of(server)
         # maint: no new request goes there; those in flight finish (scur counts them).
-        gateway.set_state(server, "maint")
-        drained = gateway.drained(server, DRAIN_TIMEOUT_SECONDS)
+        gateway.set_state(entries, "maint")
+        drained = gateway.wait_all(
+            entries, "drained", lambda row: row["scur"] == "0", DRAIN_TIMEOUT_SECONDS
+        )
         try:
             stack("up", "--detach", "--no-deps", "--force-recreate", service, env=env)
             # Out of the gateway until it is ready: an UP the gateway kept from the old container
@@ -572,7 +569,7 @@ def replace_apis(stack: Stack, env: Mapping[str, str] | None = None) -> None:
         finally:
             # Back in service even if that failed: the gateway's health check keeps a replica
             # that does not answer /readyz out of it, and an old one that still runs serves.
-            gateway.set_state(server, "ready")
+            gateway.set_state(entries, "ready")
         serving = partial(serves_again, stack.addresses(service))
         up = gateway.wait(server, "serving", serving, READY_TIMEOUT_SECONDS)
         print(

@@ -20,6 +20,8 @@ from typing import Any
 import redis
 import redis.asyncio
 
+from berth_common.replies import as_text
+
 # Counting further costs Redis more than a figure this large is worth: "at least this many".
 COUNT_LIMIT = 10_000
 # The number of entries after an id (up to a limit), and the first of them: only these cross the
@@ -118,7 +120,7 @@ class _FirstReads:
             unread_capped=unread >= COUNT_LIMIT,
             pending=self.pending,
             oldest_pending_age_seconds=_age(self.oldest_pending_id),
-            oldest_unread_age_seconds=_age(_text(first_unread) if first_unread else None),
+            oldest_unread_age_seconds=_age(as_text(first_unread) if first_unread else None),
             length=self.length,
         )
 
@@ -130,16 +132,16 @@ def _parse_first(results: list[Any], group: str) -> _FirstReads:
             raise NoGroup(str(result))
         if isinstance(result, Exception):
             raise result
-    found = next((g for g in groups if _text(g["name"]) == group), None)
+    found = next((g for g in groups if as_text(g["name"]) == group), None)
     if found is None:
         raise NoGroup(f"no consumer group {group!r}")
     oldest = pending.get("min")
     return _FirstReads(
         length=int(stream_info["length"]),
-        last_delivered=_text(found["last-delivered-id"]),
-        last_generated=_text(stream_info["last-generated-id"]),
+        last_delivered=as_text(found["last-delivered-id"]),
+        last_generated=as_text(stream_info["last-generated-id"]),
         pending=int(pending["pending"]),
-        oldest_pending_id=_text(oldest) if oldest else None,
+        oldest_pending_id=as_text(oldest) if oldest else None,
     )
 
 
@@ -153,7 +155,3 @@ def _age(stream_id: str | None) -> float | None:
 def _key(stream_id: str) -> tuple[int, int]:
     millis, _, sequence = stream_id.partition("-")
     return int(millis), int(sequence or 0)
-
-
-def _text(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value

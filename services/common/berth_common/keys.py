@@ -48,9 +48,5 @@ class RedisKeys:
     def heartbeat(self, consumer: str) -> str:
         return f"{self.prefix}:worker:{consumer}:heartbeat"
 
-    @property
-    def heartbeat_pattern(self) -> str:
-        return f"{self.prefix}:worker:*:heartbeat"
-
     def idempotency(self, request_id: str) -> str:
         return f"{self.prefix}:idempotency:{request_id}"

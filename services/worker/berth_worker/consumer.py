@@ -21,6 +21,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from berth_common.backlog import Backlog, NoGroup, read_backlog
 from berth_common.logconfig import log_fields
+from berth_common.replies import as_text
 from berth_common.settings import WorkerSettings
 from berth_worker.backoff import backoff_delay
 from berth_worker.health import Heartbeat, write_heartbeat
@@ -215,7 +216,7 @@ class LedgerConsumer:
             log.info("re-reading %d entries left pending by %s", len(entries), self._name)
             outcome += self._process(entries)
             # Entries left pending by this batch stay in the list; move past them, not back to 0.
-            cursor = _text(entries[-1][0])
+            cursor = as_text(entries[-1][0])
         return outcome
 
     def claim_stale(self) -> BatchOutcome:
@@ -231,7 +232,7 @@ class LedgerConsumer:
                 start_id=cursor,
                 count=self._settings.worker_batch_size,
             )
-            cursor = _text(response[0])
+            cursor = as_text(response[0])
             entries: list[RawEntry] = [e for e in response[1] if e[0] is not None]
             # Redis 7 reports, and drops from the pending list, entries trimmed from the stream;
             # they go to the dead-letter table so that the loss is on record.
@@ -253,13 +254,13 @@ class LedgerConsumer:
         """
         last_delivered = None
         for group in self._redis.xinfo_groups(self._stream):
-            if _text(group["name"]) == self._group:
-                last_delivered = _text(group["last-delivered-id"])
+            if as_text(group["name"]) == self._group:
+                last_delivered = as_text(group["last-delivered-id"])
         if last_delivered is None or last_delivered == "0-0":
             return 0
         summary = self._redis.xpending(self._stream, self._group)
         if summary["pending"]:
-            keep_from = _text(summary["min"])
+            keep_from = as_text(summary["min"])
         else:
             millis, sequence = stream_id_key(last_delivered)
             keep_from = f"{millis}-{sequence + 1}"
@@ -275,7 +276,7 @@ class LedgerConsumer:
         ran; a live worker removed by mistake is added back by its next read."""
         gone = []
         for consumer in self._redis.xinfo_consumers(self._stream, self._group):
-            name = _text(consumer["name"])
+            name = as_text(consumer["name"])
             if name == self._name or int(consumer["pending"]):
                 continue
             if self._redis.exists(self._settings.heartbeat_key(name)):
@@ -335,7 +336,7 @@ class LedgerConsumer:
         self, raw_entries: Sequence[RawEntry], *, first_delivery: bool = False
     ) -> BatchOutcome:
         self._batches += 1
-        first, last = _text(raw_entries[0][0]), _text(raw_entries[-1][0])
+        first, last = as_text(raw_entries[0][0]), as_text(raw_entries[-1][0])
         # every line logged while the batch is handled names it: its number and stream ids
         with log_fields(batch=f"{self._name}#{self._batches}", stream_ids=f"{first}..{last}"):
             return self._process_batch(raw_entries, first_delivery=first_delivery)
@@ -343,7 +344,7 @@ class LedgerConsumer:
     def _process_batch(
         self, raw_entries: Sequence[RawEntry], *, first_delivery: bool
     ) -> BatchOutcome:
-        ids = [_text(stream_id) for stream_id, _ in raw_entries]
+        ids = [as_text(stream_id) for stream_id, _ in raw_entries]
         counts = {} if first_delivery else self._delivery_counts(ids)
         entries = [
             StreamEntry(
@@ -487,11 +488,7 @@ def stream_id_key(stream_id: str) -> tuple[int, int]:
 
 
 def _counts(rows: Any) -> dict[str, int]:
-    return {_text(row["message_id"]): int(row["times_delivered"]) for row in rows}
-
-
-def _text(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value
+    return {as_text(row["message_id"]): int(row["times_delivered"]) for row in rows}
 
 
 def _first_line(exc: BaseException) -> str:

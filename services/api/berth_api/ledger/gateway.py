@@ -50,6 +50,7 @@ from berth_common.ledger import (
     encode_feedback_entry,
     is_feedback_entry,
 )
+from berth_common.replies import as_text
 
 logger = logging.getLogger(__name__)
 
@@ -195,7 +196,7 @@ class RedisGateway:
                 self._failed("feedback append", exc)
             else:
                 self._recovered()
-                where = _text(results[len(entries) - 1])
+                where = as_text(results[len(entries) - 1])
         if where == SPOOLED:
             try:
                 for fields in entries:
@@ -282,7 +283,7 @@ class RedisGateway:
         appended = xadd_at is not None and bool(results) and not _failed(results[xadd_at])
         if appended and xadd_at is not None:
             self._metrics.records_appended.inc(("stream",), len(records))
-            outcome = _text(results[xadd_at])
+            outcome = as_text(results[xadd_at])
         elif records:
             self._metrics.append_failures.inc()
             if results and xadd_at is not None:
@@ -436,10 +437,6 @@ class RedisGateway:
         if not self._healthy:
             logger.info("redis reachable again")
         self._healthy = True
-
-
-def _text(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value
 
 
 def _failed(result: Any) -> bool:

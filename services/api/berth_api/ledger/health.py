@@ -17,6 +17,7 @@ from sqlalchemy import Engine, text
 from berth_api.ledger.spool import LedgerSpool
 from berth_api.schemas import Check
 from berth_common.backlog import NoGroup, read_backlog_async
+from berth_common.replies import as_text
 from berth_common.settings import ApiSettings
 
 # Entries waiting in the stream beyond which the workers are said to be falling behind.
@@ -123,14 +124,10 @@ async def worker_beats(settings: ApiSettings, redis: Redis) -> list[dict[str, An
         consumers = await redis.xinfo_consumers(settings.ledger_stream, settings.ledger_group)
     except ResponseError:  # no stream or no group yet: no worker has read
         return []
-    keys = [settings.keys.heartbeat(_text(consumer["name"])) for consumer in consumers]
+    keys = [settings.keys.heartbeat(as_text(consumer["name"])) for consumer in consumers]
     if not keys:
         return []
     return [json.loads(raw) for raw in await redis.mget(keys) if raw is not None]
-
-
-def _text(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value
 
 
 async def _workers(settings: ApiSettings, redis: Redis) -> Check:
