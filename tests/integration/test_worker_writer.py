@@ -70,6 +70,8 @@ def test_every_value_is_stored_exactly(writer: LedgerWriter, engine: Engine) -> 
             "backslashes": "\\\\",
             "int": 3,
             "big": 12345678901234567890,
+            "wider than 64 bits": 2**70 + 1,
+            "negative": -(2**63) - 1,
             "float": 0.1,
             "true": True,
             "none": None,
