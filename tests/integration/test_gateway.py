@@ -15,26 +15,23 @@ from berth_api.ledger.gateway import Lookup, RedisGateway
 from berth_api.ledger.spool import LedgerSpool
 from berth_api.monitoring import ApiMetrics
 from berth_api.serving.predictor import ModelOutput
-from berth_common.ledger import PredictionRecord, decode_entry
+from berth_common.ledger import ServedRows, decode_entry
 from berth_common.settings import CommonSettings
 
 
-def record(request_id: str, rows: int) -> list[PredictionRecord]:
-    return [
-        PredictionRecord(
-            request_id=request_id,
-            row_index=i,
-            model_name="iris",
-            model_version="1",
-            features={"x": float(i)},
-            prediction="setosa",
-            probabilities={"setosa": 1.0},
-            cached=False,
-            latency_ms=0.5,
-            served_at=datetime.now(UTC),
-        )
-        for i in range(rows)
-    ]
+def record(request_id: str, rows: int) -> ServedRows:
+    return ServedRows(
+        request_id=request_id,
+        model_name="iris",
+        model_version="1",
+        latency_ms=0.5,
+        served_at=datetime.now(UTC),
+        request_hash=None,
+        features=[{"x": float(i)} for i in range(rows)],
+        predictions=["setosa"] * rows,
+        probabilities=[{"setosa": 1.0}] * rows,
+        cached=[False] * rows,
+    )
 
 
 def test_mixed_reads_and_writes_in_one_round_trip_are_answered_in_order(

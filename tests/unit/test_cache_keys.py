@@ -1,6 +1,8 @@
 from __future__ import annotations
 
-from berth_api.serving.cache import cache_key, decode_output, encode_output
+import hashlib
+
+from berth_api.serving.cache import cache_key, decode_output, encode_output, row_digest
 from berth_api.serving.predictor import ModelOutput
 from berth_common.keys import RedisKeys
 
@@ -30,3 +32,10 @@ def test_foreign_values_are_misses() -> None:
     assert decode_output(None) is None
     assert decode_output(b"not json") is None
     assert decode_output(b'{"x": 1}') is None
+
+
+def test_a_row_digest_is_the_hash_of_its_canonical_text() -> None:
+    # Pinned: the digests make idempotency fingerprints, which a retry after an upgrade must match.
+    canonical = '[5.1,1e+16,-0.0,3,true,"é \\"x\\"\\n"]'
+    expected = hashlib.sha256(canonical.encode()).hexdigest()[:32]
+    assert row_digest([5.1, 1e16, -0.0, 3, True, 'é "x"\n']) == expected

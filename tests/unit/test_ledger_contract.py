@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import json
 import re
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
 import pytest
+from pydantic import ValidationError
 
 from berth_common.ledger import (
     ENTRY_FORMAT,
@@ -15,8 +16,10 @@ from berth_common.ledger import (
     RECORDS_FIELD,
     MalformedEntry,
     PredictionRecord,
+    ServedRows,
     decode_entry,
     encode_entry,
+    encode_served,
     raw_entry_text,
 )
 from tests.factories import FEATURES, make_record
@@ -223,3 +226,67 @@ def test_decode_agrees_with_the_careful_decoding(old: str, new: str) -> None:
 
 def as_redis_bytes(fields: dict[str, str]) -> dict[bytes, bytes]:
     return {key.encode(): value.encode() for key, value in fields.items()}
+
+
+def served(**changes: Any) -> ServedRows:
+    values: dict[str, Any] = {
+        "request_id": "req-9",
+        "model_name": "iris",
+        "model_version": "3",
+        "latency_ms": 0.1 + 0.2,
+        "served_at": datetime(
+            2024, 5, 17, 18, 0, 15, 123456, tzinfo=timezone(timedelta(hours=5.5))
+        ),
+        "request_hash": None,
+        "features": [
+            dict(FEATURES),
+            {"a": 2**70, "b": -(2**63), "c": None, "d": True, "e": 1e-300},
+        ],
+        "predictions": ["setosa", 2.5],
+        "probabilities": [{"setosa": 0.97, "versicolor": 0.03}, None],
+        "cached": [False, True],
+    }
+    values.update(changes)
+    return ServedRows(**values)
+
+
+def test_served_rows_are_the_records_they_stand_for() -> None:
+    rows = served()
+    assert list(next(rows.fields())) == list(PredictionRecord.model_fields)
+    records = rows.records()
+    assert [r.row_index for r in records] == [0, 1]
+    assert records[1].features["a"] == 2**70
+    assert records[1].cached is True
+    assert records[1].probabilities is None
+
+
+@pytest.mark.parametrize(
+    "changes",
+    [
+        {},
+        {"request_hash": "ab" * 32},
+        # words that name non-finite numbers, and text json.dumps and pydantic write differently
+        {
+            "features": [{"NaN": 'Infinity é 漢字 😀 \u2028 \t \\ "'}],
+            "predictions": ["NaN"],
+            "probabilities": [None],
+            "cached": [False],
+        },
+        {"predictions": [None, False]},
+    ],
+)
+def test_served_rows_encode_to_the_entry_of_their_records(changes: dict[str, Any]) -> None:
+    groups = [
+        served(**changes),
+        served(request_id="req-10", served_at=datetime(2030, 1, 1, tzinfo=UTC)),
+    ]
+    records = [record for group in groups for record in group.records()]
+    assert encode_served(groups) == encode_entry(records)
+    assert decode_entry(encode_served(groups)) == records
+
+
+def test_served_rows_that_break_the_contract_are_refused_not_written() -> None:
+    with pytest.raises(ValueError, match="not JSON compliant"):
+        encode_served([served(probabilities=[{"setosa": float("nan")}, None])])
+    with pytest.raises(ValidationError):
+        encode_served([served(predictions=[("a", "tuple"), 1])])

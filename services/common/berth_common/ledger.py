@@ -9,6 +9,9 @@ understand instead of storing it wrong.
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from datetime import datetime
 from typing import Annotated, Any, Literal, cast
 
 from pydantic import (
@@ -20,6 +23,7 @@ from pydantic import (
     TypeAdapter,
     ValidationError,
 )
+from pydantic_core import to_json
 
 # Format 2 added `request_hash`; format 1 entries (without it) are still read. An entry of a
 # format this worker does not know is dead-lettered, loudly: upgrade workers before APIs.
@@ -117,6 +121,73 @@ def encode_entry(records: list[PredictionRecord]) -> dict[str, str]:
         payload = [record.model_dump(mode="json") for record in records]
         text = json.dumps(payload, separators=(",", ":"), allow_nan=False)
     return {FORMAT_FIELD: ENTRY_FORMAT, RECORDS_FIELD: text}
+
+
+@dataclass(frozen=True, slots=True)
+class ServedRows:
+    """The records of one request as the API makes them: what its rows share, once, and what
+    each row has of its own.
+
+    The API records rows it has already checked (against the model's features, its outputs for
+    finite numbers), so it writes them to the stream without building and validating a
+    PredictionRecord per row, which cost a 100-row request a fifth of its CPU. `encode_served`
+    writes the entry that `encode_entry` writes of `records()`, and the worker validates every
+    record it reads, as before.
+    """
+
+    request_id: str
+    model_name: str
+    model_version: str
+    latency_ms: float
+    served_at: datetime
+    request_hash: str | None
+    features: list[dict[str, JsonScalar]]
+    predictions: list[JsonScalar]
+    probabilities: list[dict[str, float] | None]
+    cached: list[bool]
+
+    def __len__(self) -> int:
+        return len(self.features)
+
+    def fields(self) -> Iterator[dict[str, Any]]:
+        """Each row's record as a PredictionRecord's field values, in its order, unchecked."""
+        rows = zip(self.features, self.predictions, self.probabilities, self.cached, strict=True)
+        for index, (features, prediction, probabilities, cached) in enumerate(rows):
+            yield {
+                "request_id": self.request_id,
+                "row_index": index,
+                "model_name": self.model_name,
+                "model_version": self.model_version,
+                "features": features,
+                "prediction": prediction,
+                "probabilities": probabilities,
+                "cached": cached,
+                "latency_ms": self.latency_ms,
+                "served_at": self.served_at,
+                "request_hash": self.request_hash,
+            }
+
+    def records(self) -> list[PredictionRecord]:
+        """The rows as validated records."""
+        return [PredictionRecord(**fields) for fields in self.fields()]
+
+
+_JSON_SCALARS = (str, int, float, bool, type(None))
+
+
+def encode_served(requests: Sequence[ServedRows]) -> dict[str, str]:
+    """Stream fields for one XADD carrying the records of requests: `encode_entry` of their
+    records, written by pydantic's serialiser straight from the plain values.
+
+    A prediction that is not a JSON scalar, or a non-finite number (the API checks both before
+    it answers, so only a bug could bring one), takes the validating path, which raises.
+    """
+    rows = [fields for request in requests for fields in request.fields()]
+    if all(isinstance(p, _JSON_SCALARS) for request in requests for p in request.predictions):
+        text = to_json(rows, inf_nan_mode="constants").decode()
+        if not any(token in text for token in _NON_FINITE_TOKENS):
+            return {FORMAT_FIELD: ENTRY_FORMAT, RECORDS_FIELD: text}
+    return encode_entry([record for request in requests for record in request.records()])
 
 
 def decode_entry(fields: dict[bytes, bytes] | dict[str, str]) -> list[PredictionRecord]:

@@ -43,11 +43,11 @@ from berth_common.keys import RedisKeys
 from berth_common.ledger import (
     FeedbackRecord,
     MalformedEntry,
-    PredictionRecord,
+    ServedRows,
     decode_entry,
     decode_feedback_entry,
-    encode_entry,
     encode_feedback_entry,
+    encode_served,
     is_feedback_entry,
 )
 from berth_common.replies import as_text
@@ -70,7 +70,7 @@ class _CacheRead:
 
 @dataclass(frozen=True, slots=True)
 class _Record:
-    records: list[PredictionRecord]
+    rows: ServedRows
     new_outputs: dict[str, ModelOutput]
     completion: Completion | None = None
 
@@ -162,17 +162,17 @@ class RedisGateway:
 
     async def record(
         self,
-        records: list[PredictionRecord],
+        rows: ServedRows,
         new_outputs: dict[str, ModelOutput],
         completion: Completion | None = None,
     ) -> str:
         """Keeps the request's records in the stream, or else in the spool, or raises; says
         where: the id of the stream entry that holds them, or SPOOLED."""
         if self._healthy:
-            where = await self._round_trips.submit(_Record(records, new_outputs, completion))
+            where = await self._round_trips.submit(_Record(rows, new_outputs, completion))
             assert isinstance(where, str)
             return where
-        await self._spool(encode_entry(records), len(records), records[0].request_id)
+        await self._spool(encode_served([rows]), len(rows), rows.request_id)
         return SPOOLED
 
     async def append_feedback(self, records: list[FeedbackRecord]) -> str:
@@ -237,8 +237,9 @@ class RedisGateway:
         reads = [op for op in ops if isinstance(op, _CacheRead)]
         writes = [op for op in ops if isinstance(op, _Record)]
         keys = [key for op in reads for key in op.keys]
-        records = [record for op in writes for record in op.records]
-        fields = encode_entry(records) if records else {}
+        served = [op.rows for op in writes]
+        recorded = sum(len(rows) for rows in served)
+        fields = encode_served(served) if served else {}
         pipe = self._client.pipeline(transaction=False)
         mget_at = xadd_at = None
         claims_at: dict[int, int] = {}
@@ -251,7 +252,7 @@ class RedisGateway:
                 pipe.set(
                     op.claim.key, op.claim.pending_value, nx=True, get=True, ex=PENDING_TTL_SECONDS
                 )
-        if records:
+        if recorded:
             xadd_at = len(pipe)
             pipe.xadd(self._stream, fields)  # type: ignore[arg-type]
             fresh = {key: output for op in writes for key, output in op.new_outputs.items()}
@@ -267,7 +268,7 @@ class RedisGateway:
                 if op.completion is not None:
                     completion = op.completion
                     pipe.set(completion.key, completion.value, ex=completion.ttl_seconds)
-            self._count_served(pipe, records)
+            self._count_served(pipe, ((rows.served_at, len(rows)) for rows in served))
         results: list[Any] = []
         try:
             results = await pipe.execute(raise_on_error=False)
@@ -282,17 +283,17 @@ class RedisGateway:
         outcome: str | BaseException = SPOOLED
         appended = xadd_at is not None and bool(results) and not _failed(results[xadd_at])
         if appended and xadd_at is not None:
-            self._metrics.records_appended.inc(("stream",), len(records))
+            self._metrics.records_appended.inc(("stream",), recorded)
             outcome = as_text(results[xadd_at])
-        elif records:
+        elif recorded:
             self._metrics.append_failures.inc()
             if results and xadd_at is not None:
                 self._failed("ledger append", results[xadd_at])
             try:
-                await self._spool(fields, len(records), records[0].request_id)
+                await self._spool(fields, recorded, served[0].request_id)
             except LedgerUnavailable as exc:
                 outcome = exc
-        if results and (appended or not records) and (values is not None or not keys):
+        if results and (appended or not recorded) and (values is not None or not keys):
             self._recovered()
         answers: list[_Answer | BaseException] = []
         offset = 0
@@ -353,11 +354,12 @@ class RedisGateway:
         if is_feedback_entry(fields):
             self._count_received(pipe, decode_feedback_entry(fields))
         else:
-            self._count_served(pipe, decode_entry(fields))
+            self._count_served(pipe, ((r.served_at, 1) for r in decode_entry(fields)))
 
-    def _count_served(self, pipe: object, records: Iterable[PredictionRecord]) -> None:
+    def _count_served(self, pipe: object, served: Iterable[tuple[datetime, int]]) -> None:
+        """Counts rows served, given as (when, how many rows)."""
         counts: Counter[tuple[str, str]] = Counter()
-        for served_at, rows in Counter(r.served_at for r in records).items():
+        for served_at, rows in served:
             counts[self._served_key(served_at)] += rows
         for (key, field), rows in counts.items():
             pipe.hincrby(key, field, rows)  # type: ignore[attr-defined]
