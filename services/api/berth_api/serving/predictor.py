@@ -112,15 +112,15 @@ class Predictor:
 def regression_outputs(values: Any) -> list[ModelOutput]:
     if values.dtype.kind == "f" and not np.isfinite(values).all():
         _refuse(np.isfinite(values))
-    return [ModelOutput(_plain(value), None) for value in values]
+    return [ModelOutput(value, None) for value in _plain_values(values)]
 
 
 def classification_outputs(
     labels: Any, proba_rows: list[list[float]], class_keys: list[str]
 ) -> list[ModelOutput]:
     return [
-        ModelOutput(_plain(label), dict(zip(class_keys, row, strict=True)))
-        for label, row in zip(labels, proba_rows, strict=True)
+        ModelOutput(label, dict(zip(class_keys, row, strict=True)))
+        for label, row in zip(_plain_values(labels), proba_rows, strict=True)
     ]
 
 
@@ -152,6 +152,15 @@ def _refuse(finite_rows: Any) -> None:
 def class_keys(classes: Any) -> list[str]:
     """The keys of `probabilities`: each class as a string, in the model's class order."""
     return [str(_plain(c)) for c in classes]
+
+
+def _plain_values(values: Any) -> list[Label]:
+    """An array's values as Python's own: tolist() converts a whole numeric or text array in
+    one call, where an item() per row cost a 100-row call a tenth of its time."""
+    array = np.asarray(values)
+    if array.dtype.kind == "O" or array.ndim != 1:  # as before: item() by item()
+        return [_plain(value) for value in array]
+    return array.tolist()  # type: ignore[no-any-return]
 
 
 def _plain(value: Any) -> Label:
