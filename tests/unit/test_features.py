@@ -96,3 +96,16 @@ def test_errors_never_echo_the_submitted_value() -> None:
         rows(IRIS, [[1.0, "secret-value-123"]])
     assert "secret-value-123" not in info.value.detail
     assert all("secret-value-123" not in e.message for e in info.value.errors)
+
+
+def test_rows_of_plain_floats_are_what_the_checks_would_make_of_them() -> None:
+    # rows of finite floats skip the per-value checks: they must come out as the checks give them
+    instances: list[Any] = [[5.1, 3.5], [1e308, 1e308], [-0.0, 2.0**-1074]]
+    assert rows(IRIS, instances) == [[5.1, 3.5], [1e308, 1e308], [-0.0, 2.0**-1074]]
+    assert rows(IRIS, [[1e308, 1e308], [1, 2.0]]) == [[1e308, 1e308], [1.0, 2.0]]
+    # and a NaN or an infinity among floats is still refused, by name
+    found = errors_of(IRIS, [[5.1, 3.5], [-math.inf, 1.0], [2.0, math.nan]])
+    assert found == {
+        "instances[1][0]": "a must be a finite number",
+        "instances[2][1]": "b must be a finite number",
+    }

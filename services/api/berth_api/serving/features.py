@@ -33,8 +33,11 @@ def rows_from_instances(
             [FieldError("instances", f"at most {max_rows} rows")],
         )
     errors: list[FieldError] = []
+    width = len(metadata.features) if _all_numbers(metadata.features) else 0
     rows = [
-        _row(metadata.features, instance, f"instances[{i}]", errors, max_string_length)
+        instance
+        if width and _finite_floats(instance, width)
+        else _row(metadata.features, instance, f"instances[{i}]", errors, max_string_length)
         for i, instance in enumerate(instances)
     ]
     if errors:
@@ -44,6 +47,24 @@ def rows_from_instances(
             detail += f" (and {len(errors) - 3} more)"
         raise InvalidInput(detail, shown)
     return rows
+
+
+def _all_numbers(features: list[FeatureSpec]) -> bool:
+    return all(spec.type == "number" for spec in features)
+
+
+def _finite_floats(instance: Any, width: int) -> bool:
+    """Whether a row is already what `_row` would make of it: a list of `width` finite floats,
+    the usual row of a numeric model, which then needs no check value by value (a tenth of the
+    API's time on a 100-row request). Any other row, ints included, takes `_row`."""
+    return (
+        type(instance) is list
+        and len(instance) == width
+        and all(type(value) is float for value in instance)
+        # a NaN or an infinity makes the sum one; so can finite values whose sum overflows,
+        # which `_row` then accepts one by one
+        and math.isfinite(sum(instance))
+    )
 
 
 def _row(
