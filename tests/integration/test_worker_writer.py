@@ -8,7 +8,7 @@ from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
 import pytest
-from sqlalchemy import Engine, text
+from sqlalchemy import Engine, event, text
 from sqlalchemy.exc import OperationalError, SQLAlchemyError
 
 from berth_common.ledger import PredictionRecord, encode_entry
@@ -113,6 +113,49 @@ def test_storing_again_inserts_nothing(writer: LedgerWriter, engine: Engine) -> 
     assert len(stored_rows(engine)) == 3
 
 
+@pytest.fixture
+def sent(engine: Engine) -> Iterator[list[str]]:
+    """Every statement the engine sends during the test (COPY itself goes around SQLAlchemy)."""
+    statements: list[str] = []
+
+    def note(*args: Any) -> None:
+        statements.append(args[2])
+
+    event.listen(engine, "before_cursor_execute", note)
+    yield statements
+    event.remove(engine, "before_cursor_execute", note)
+
+
+def test_new_records_are_copied_in_and_a_redelivery_among_them_falls_back(
+    writer: LedgerWriter, engine: Engine, sent: list[str]
+) -> None:
+    first = [make_record(f"mixed-{n}", latency_ms=1.0) for n in range(2)]
+    # delivered again after a crash, with a value the first delivery did not have: the first
+    # stays, as with any record stored twice
+    again = [make_record(f"mixed-{n}", latency_ms=9.0) for n in range(2)]
+    new = [make_record(f"mixed-{n}", latency_ms=2.0) for n in range(2, 5)]
+
+    fresh = writer.store([entry("1-0", *first)])
+    fresh_statements = list(sent)
+    mixed = writer.store([entry("2-0", new[0]), entry("3-0", *again), entry("4-0", *new[1:])])
+
+    # fresh records went straight into the table, without the staging step
+    assert not any(STAGING_TABLE in statement for statement in fresh_statements)
+    assert any("SAVEPOINT" in statement for statement in fresh_statements)
+    # the redelivered ones made the batch take it: nothing of the failed COPY stayed behind
+    assert any(STAGING_TABLE in statement for statement in sent[len(fresh_statements) :])
+    assert (fresh.rows_inserted, mixed.rows_inserted) == (2, 3)
+    assert mixed.stored == ("2-0", "3-0", "4-0")
+    rows = stored_rows(engine)
+    assert {key: row["latency_ms"] for key, row in rows.items()} == {
+        ("mixed-0", 0): 1.0,
+        ("mixed-1", 0): 1.0,
+        ("mixed-2", 0): 2.0,
+        ("mixed-3", 0): 2.0,
+        ("mixed-4", 0): 2.0,
+    }
+
+
 @pytest.mark.parametrize(
     "changes",
     [
@@ -191,11 +234,13 @@ def settings(worker_settings: WorkerSettings) -> WorkerSettings:
 
 
 class CopyKiller(threading.Thread):
-    """Terminates the backend that is running the writer's COPY, as a database restart would."""
+    """Terminates the backend that is running the writer's COPY into `table`, as a database
+    restart would."""
 
-    def __init__(self, engine: Engine) -> None:
+    def __init__(self, engine: Engine, table: str) -> None:
         super().__init__(daemon=True)
         self._engine = engine
+        self._table = table
         self.killed = False
         self.stop = threading.Event()
 
@@ -208,20 +253,32 @@ class CopyKiller(threading.Thread):
                             "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
                             "WHERE state = 'active' AND query LIKE :copy"
                         ),
-                        {"copy": f"COPY {STAGING_TABLE} %"},
+                        {"copy": f"COPY {self._table} %"},
                     ).scalar_one()
                 )
                 connection.commit()
 
 
+@pytest.mark.parametrize(
+    ("request_hash", "table"),
+    [
+        # Berth's own request ids: the COPY straight into predictions
+        pytest.param(None, "predictions", id="copy-into-predictions"),
+        # ids the clients named: the COPY into the staging table, checked from there
+        pytest.param("f" * 64, STAGING_TABLE, id="copy-into-staging"),
+    ],
+)
 def test_a_connection_lost_during_copy_is_an_error_to_retry_not_bad_data(
-    pooled_engine: Engine, engine: Engine
+    pooled_engine: Engine, engine: Engine, request_hash: str | None, table: str
 ) -> None:
     writer = LedgerWriter(pooled_engine, max_deliveries=1)
     served_at = datetime.now(UTC)
     # large enough that the COPY is still running when the killer looks for it
-    batch = [entry(f"{n}-0", make_record(f"lost-{n}", served_at=served_at)) for n in range(30_000)]
-    killer = CopyKiller(engine)
+    batch = [
+        entry(f"{n}-0", make_record(f"lost-{n}", served_at=served_at, request_hash=request_hash))
+        for n in range(30_000)
+    ]
+    killer = CopyKiller(engine, table)
     killer.start()
     try:
         with pytest.raises(SQLAlchemyError) as raised:

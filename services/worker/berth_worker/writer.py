@@ -1,17 +1,21 @@
 """Writes stream entries to PostgreSQL and says which of them may be acknowledged.
 
-The fast path is one COPY per batch into a temporary staging table, then one
-`INSERT ... SELECT ... ON CONFLICT DO NOTHING` from it into `predictions`, committed together with
-the dead letters of malformed entries. A batch holding records of requests that their clients
-named (X-Request-ID, an idempotency key) is also checked against what the ledger holds: a record
-whose request id is stored, or first in the batch, for a different request goes to
-`ledger_conflicts` instead, never over the first request's rows and never nowhere.
+The fast path is one COPY per batch straight into `predictions`, inside a savepoint, committed
+together with the dead letters of malformed entries. COPY is the cheapest way into PostgreSQL for
+both processes: no statement to build or parse per row, and PostgreSQL parses each chunk of rows
+while the writer formats the next.
 
-COPY is the cheapest way into PostgreSQL for both processes: no statement to build or parse per
-row, and PostgreSQL parses each chunk of rows while the writer formats the next. The staging step
-keeps the insert idempotent, which a COPY straight into the table would not be. Only when the
-database refuses the batch for something in the data does the writer fall back to one
-transaction per entry, so that a single bad entry cannot hold up the others. Connection failures
+A COPY is not idempotent: a record stored before (an entry delivered again after a worker died
+between its commit and its acknowledgement) fails it with a unique violation. The savepoint is then
+rolled back and the batch goes the careful way, one COPY into a temporary staging table and one
+`INSERT ... SELECT ... ON CONFLICT DO NOTHING` from it. A batch holding records of requests that
+their clients named (X-Request-ID, an idempotency key) always goes that way, and is also checked
+against what the ledger holds: a record whose request id is stored, or first in the batch, for a
+different request goes to `ledger_conflicts` instead, never over the first request's rows and
+never nowhere.
+
+Only when the database refuses the batch for something in the data does the writer fall back to
+one transaction per entry, so that a single bad entry cannot hold up the others. Connection failures
 are not handled here: they propagate, nothing is acknowledged, and the consumer retries the whole
 batch.
 """
@@ -62,6 +66,9 @@ _CREATE_STAGING = (
     f"SELECT {_COLUMN_LIST}, 0::integer AS ordinal FROM {predictions.name} WITH NO DATA"
 )
 _COPY_STAGING = f"COPY {STAGING_TABLE} ({_COLUMN_LIST}, ordinal) FROM STDIN"
+_COPY_PREDICTIONS = f"COPY {predictions.name} ({_COLUMN_LIST}) FROM STDIN"
+# PostgreSQL's SQLSTATE for a duplicate key.
+_UNIQUE_VIOLATION = "23505"
 _INSERT_FROM_STAGING = (
     f"INSERT INTO {predictions.name} ({_COLUMN_LIST}) "  # noqa: S608
     f"SELECT {_COLUMN_LIST} FROM {STAGING_TABLE} "
@@ -339,9 +346,12 @@ def _insert_records(connection: Connection, records: list[PredictionRecord]) -> 
     with the request their id stands for (kept in ledger_conflicts)."""
     if not records:
         return 0, 0
+    named = any(record.request_hash is not None for record in records)
+    if not named and _copy_new(connection, records):
+        return len(records), 0
     connection.exec_driver_sql(_CREATE_STAGING)
-    _copy(connection, _COPY_STAGING, _CopySource(records))
-    if not any(record.request_hash is not None for record in records):
+    _copy(connection, _COPY_STAGING, _CopySource(records, ordinals=True))
+    if not named:
         return connection.exec_driver_sql(_INSERT_FROM_STAGING).rowcount, 0
     inserted, conflicts, request_ids = connection.exec_driver_sql(_INSERT_CHECKED).one()
     if conflicts:
@@ -353,6 +363,25 @@ def _insert_records(connection: Connection, records: list[PredictionRecord]) -> 
             ", ".join(sorted(request_ids)[:20]),
         )
     return int(inserted), int(conflicts)
+
+
+def _copy_new(connection: Connection, records: list[PredictionRecord]) -> bool:
+    """COPYs records none of whose requests was named straight into `predictions`: True if they
+    are stored; False, with nothing of them kept, if one of them was stored already.
+
+    The staging step writes every row twice. Skipping it, LedgerWriter.store against
+    PostgreSQL 15 on a 2-core machine (medians of 8 and 6 alternated runs): the database
+    backend's CPU per row went from 16.7 to 11.8 us for batches of 350 one-row entries and from
+    17.2 to 11.3 us for batches of five 100-row entries; a whole store from 43 to 38 and from
+    35.5 to 29.4 us per row."""
+    try:
+        with connection.begin_nested():
+            _copy(connection, _COPY_PREDICTIONS, _CopySource(records, ordinals=False))
+    except IntegrityError as exc:
+        if getattr(exc.orig, "pgcode", None) != _UNIQUE_VIOLATION:
+            raise
+        return False
+    return True
 
 
 def _json(value: object) -> str:
@@ -375,8 +404,10 @@ class _CopySource:
     the data errors.)
     """
 
-    def __init__(self, records: Sequence[PredictionRecord]) -> None:
+    def __init__(self, records: Sequence[PredictionRecord], *, ordinals: bool) -> None:
         self._records = enumerate(records)
+        # the staging table's last column: the record's place in the batch
+        self._ordinals = ordinals
         self.error: Exception | None = None
         # The rows of one request share their id, model, version and time, and a batch mostly one
         # model: each is escaped or formatted once per batch, not once per row.
@@ -413,8 +444,9 @@ class _CopySource:
             repr(record.latency_ms),
             self._instant(record.served_at),
             _COPY_NULL if record.request_hash is None else record.request_hash,
-            str(ordinal),
         )
+        if self._ordinals:
+            return "\t".join(values) + f"\t{ordinal}\n"
         return "\t".join(values) + "\n"
 
     def read(self, size: int) -> bytes:
