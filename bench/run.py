@@ -17,7 +17,8 @@ its scikit-learn runtime, with and without adaptive batching, BentoML with adapt
 1 and 2 workers, and a bare ASGI app under uvicorn, the HTTP ceiling) run `distinct`, and
 `batch` at 8 connections where they take batches, while Berth's services are stopped. Every
 run reports the server container's CPU per request. After each Berth run it waits for the
-ledger to drain and reads the served -> stored delay of that run's rows from PostgreSQL; then
+ledger to drain, reads the served -> stored delay of that run's rows from PostgreSQL and each
+service's CPU per row until then (api, worker, redis, postgres); then
 it measures the worker alone on a 200,000-row backlog, the model call alone inside the api
 container, the API's memory per process and the image sizes. It prints tables and the goals
 held against them, and writes everything as JSON to bench-results/.
@@ -120,6 +121,17 @@ def container_ip(container: str) -> str:
 
 def api_container() -> str:
     return run([*COMPOSE, "ps", "-q", "api"]).strip()
+
+
+# The services that a served row costs CPU in, from the request to its stored row.
+LEDGER_PATH = ("worker", "redis", "postgres")
+
+
+def stack_cpu_us() -> dict[str, int]:
+    """CPU time used so far by the containers a prediction passes through after the API."""
+    return {
+        service: cpu_us(run([*COMPOSE, "ps", "-q", service]).strip()) for service in LEDGER_PATH
+    }
 
 
 def api_url(path: str = "/predict") -> str:
@@ -258,18 +270,43 @@ def berth_runs(results: dict[str, Any]) -> None:
         results["berth"][name] = []
         for concurrency in CONCURRENCY:
             since = datetime.now(UTC).isoformat()
+            ledger_before = stack_cpu_us()
             point = measured(container, url, concurrency, fmt, mode, ROWS_PER_REQUEST[mode])
             until = datetime.now(UTC).isoformat()
             point["backlog_at_end"] = in_api("backlog")
-            point["ledger"] = in_api("lag", since, until)
+            point["ledger"] = in_api("lag", since, until)  # once the run's rows are all stored
+            point["cpu_us_per_row"] = cpu_per_row(
+                point, ROWS_PER_REQUEST[mode], ledger_before, stack_cpu_us()
+            )
             results["berth"][name].append(point)
             log(
                 f"berth {name:>11} c={concurrency:<2} {point['rps']:>8.0f} req/s  "
                 f"p50 {point['p50_ms']:.2f} ms  p99 {point['p99_ms']:.2f} ms  "
                 f"errors {point['errors']}  {point['cpu_us_per_request']} us CPU/request  "
                 f"stored {point['ledger']['rows']} rows, "
-                f"lag p99 {point['ledger']['lag_p99_ms']} ms"
+                f"lag p99 {point['ledger']['lag_p99_ms']} ms, CPU us per row "
+                f"{point['cpu_us_per_row']}"
             )
+
+
+def cpu_per_row(
+    point: dict[str, Any], rows_per_request: int, before: dict[str, int], after: dict[str, int]
+) -> dict[str, float | None]:
+    """Each service's CPU per row served, from the start of the run until the ledger had stored
+    the run's rows: the API's while it served, the worker's, Redis's and PostgreSQL's until the
+    backlog was through. (The lag query of probe.py is in PostgreSQL's share: a few ms.)"""
+    rows = point["requests"] * rows_per_request
+    if not rows:
+        return {}
+    shares: dict[str, float | None] = {
+        "api": round(point["cpu_us_per_request"] * point["requests"] / rows, 1)
+        if point["cpu_us_per_request"] is not None
+        else None
+    }
+    for service in LEDGER_PATH:
+        shares[service] = round((after[service] - before[service]) / rows, 1)
+    shares["total"] = round(sum(v for v in shares.values() if v is not None), 1)
+    return shares
 
 
 def configurations(results: dict[str, Any]) -> None:
@@ -603,6 +640,9 @@ def headline(results: dict[str, Any]) -> list[str]:
             f" {backlog['unread'] + backlog['pending']} entries, ledger lag p99"
             f" {batch['ledger']['lag_p99_ms']:,.0f} ms; goal: at least 100,000 rows/s"
         )
+        if batch.get("cpu_us_per_row"):
+            shares = ", ".join(f"{k} {v}" for k, v in batch["cpu_us_per_row"].items())
+            lines.append(f"  - CPU us per row served and stored: {shares}")
     for name, p in results.get("baseline_batch", {}).items():
         lines.append(
             f"  - {name}, the same load: {p['rows_per_s']:,} rows/s, p99 {p['p99_ms']:.1f} ms"
@@ -635,6 +675,26 @@ def summary(results: dict[str, Any]) -> list[str]:
                 f" {p['cpu_us_per_request']} | {p['ledger']['rows']:,} |"
                 f" {p['ledger']['lag_p50_ms']} | {p['ledger']['lag_p99_ms']} |"
                 f" {backlog['unread'] + backlog['pending']} |"
+            )
+    lines += [
+        "",
+        "## Where a row's CPU goes (us per row served, until it is stored), loaded runs",
+        "",
+        "At 1 and 8 connections of single rows the stack's background work (health checks,",
+        "heartbeats, the AOF's fsync, the probe's queries) outweighs the rows; they are left out.",
+        "",
+        "| load | conc. | api | worker | redis | postgres | total |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for mode, points in results.get("berth", {}).items():
+        for p in points:
+            shares = p.get("cpu_us_per_row") or {}
+            if p["concurrency"] < 64 and ROWS_PER_REQUEST.get(mode, 1) == 1:
+                continue
+            lines.append(
+                f"| {mode} | {p['concurrency']} | "
+                + " | ".join(str(shares.get(k, "")) for k in ("api", *LEDGER_PATH, "total"))
+                + " |"
             )
     if results.get("baselines"):
         lines += [
