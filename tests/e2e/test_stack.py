@@ -11,6 +11,7 @@ import pytest
 import redis
 from sqlalchemy import Engine, text
 
+from berth_api.serving.cache import cache_key
 from berth_common.settings import CommonSettings
 from tests.e2e.stack import Compose, wait_ready, wait_until
 
@@ -120,6 +121,34 @@ def test_prediction_is_stored_and_readable(api: httpx.Client, stack_db: Engine) 
     assert served["row_index"] == 0
     assert served["model"] == {"name": "iris", "version": "1"}
     assert served["prediction"] == "setosa"
+
+
+def appended_to_aof(compose: Compose, text: str) -> int:
+    """How often `text` occurs in what Redis appended to its append-only file since its last
+    rewrite (the incremental files)."""
+    found = compose(
+        "exec", "-T", "redis", "sh", "-c",
+        'cat /data/appendonlydir/*.incr.aof | grep -a -c -F -e "$1" || true', "sh", text,
+    )  # fmt: skip
+    return int(found.stdout.strip() or 0)
+
+
+def test_the_append_only_file_keeps_the_ledger_not_the_cache(
+    api: httpx.Client,
+    stack_redis: redis.Redis,
+    stack_settings: CommonSettings,
+    compose: Compose,
+) -> None:
+    request_id = new_request_id()
+    row = [5.1, 3.5, 1.4, 0.2 + uuid.uuid4().int % 10_000 / 1e6]  # a row never cached before
+    predict(api, {"features": row}, request_id)
+    key = cache_key(stack_settings.keys, "iris", "1", row)
+
+    # the ledger entry holding the request is in the file: Redis appends before it replies
+    assert appended_to_aof(compose, request_id) >= 1
+    # the row's answer is cached, and the cache write was kept out of the file
+    assert stack_redis.ttl(key) > 0
+    assert appended_to_aof(compose, key) == 0
 
 
 def test_unknown_request_id_is_404_problem(api: httpx.Client) -> None:

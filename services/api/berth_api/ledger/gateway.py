@@ -102,7 +102,12 @@ _Answer = Lookup | str
 SPOOLED = "spool"
 # Every new output of a round trip into the cache, with its TTL (ARGV[1]), as one command: a
 # SET apiece cost a command to pack and a reply to read for every row of a batch.
+#
+# The writes are kept out of the append-only file (and from any replica): the AOF is there for
+# the ledger stream, and a cache rebuilds itself. Written to it, they were a third of its bytes
+# per row served, and Redis rewrites the AOF, a copy of everything it holds, each time it doubles.
 _CACHE_WRITE_SCRIPT = """
+redis.set_repl(redis.REPL_NONE)
 local ttl = ARGV[1]
 for i, key in ipairs(KEYS) do
   redis.call('SET', key, ARGV[i + 1], 'EX', ttl)
