@@ -127,11 +127,14 @@ def api_container() -> str:
 LEDGER_PATH = ("worker", "redis", "postgres")
 
 
-def stack_cpu_us() -> dict[str, int]:
-    """CPU time used so far by the containers a prediction passes through after the API."""
-    return {
-        service: cpu_us(run([*COMPOSE, "ps", "-q", service]).strip()) for service in LEDGER_PATH
-    }
+def ledger_containers() -> dict[str, str]:
+    """The containers a prediction passes through after the API, by service."""
+    return {service: run([*COMPOSE, "ps", "-q", service]).strip() for service in LEDGER_PATH}
+
+
+def stack_cpu_us(containers: dict[str, str]) -> dict[str, int]:
+    """CPU time used so far by each of these containers."""
+    return {service: cpu_us(container) for service, container in containers.items()}
 
 
 def api_url(path: str = "/predict") -> str:
@@ -265,18 +268,19 @@ def berth_runs(results: dict[str, Any]) -> None:
     wrk(api_url(), 8, "berth", "distinct", seconds=3)
     results["berth"] = {}
     container = api_container()
+    ledger = ledger_containers()
     for name, path, fmt, mode in BERTH_LOADS:
         url = api_url(path)
         results["berth"][name] = []
         for concurrency in CONCURRENCY:
             since = datetime.now(UTC).isoformat()
-            ledger_before = stack_cpu_us()
+            ledger_before = stack_cpu_us(ledger)
             point = measured(container, url, concurrency, fmt, mode, ROWS_PER_REQUEST[mode])
             until = datetime.now(UTC).isoformat()
             point["backlog_at_end"] = in_api("backlog")
             point["ledger"] = in_api("lag", since, until)  # once the run's rows are all stored
             point["cpu_us_per_row"] = cpu_per_row(
-                point, ROWS_PER_REQUEST[mode], ledger_before, stack_cpu_us()
+                point, ROWS_PER_REQUEST[mode], ledger_before, stack_cpu_us(ledger)
             )
             results["berth"][name].append(point)
             log(
@@ -298,10 +302,9 @@ def cpu_per_row(
     rows = point["requests"] * rows_per_request
     if not rows:
         return {}
+    per_request = point["cpu_us_per_request"]
     shares: dict[str, float | None] = {
-        "api": round(point["cpu_us_per_request"] * point["requests"] / rows, 1)
-        if point["cpu_us_per_request"] is not None
-        else None
+        "api": None if per_request is None else round(per_request / rows_per_request, 1)
     }
     for service in LEDGER_PATH:
         shares[service] = round((after[service] - before[service]) / rows, 1)
