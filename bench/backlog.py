@@ -43,6 +43,7 @@ import redis
 from sqlalchemy import Connection, create_engine, text
 
 from berth_common.ledger import PredictionRecord, encode_entry
+from berth_common.replies import as_text
 from berth_common.settings import CommonSettings, load_or_exit
 
 FEATURES = ("sepal_length", "sepal_width", "petal_length", "petal_width")
@@ -158,17 +159,19 @@ def backlog_may_be_stored(client: redis.Redis, settings: CommonSettings) -> bool
 
     Counting a tag's rows is a sequential scan of `predictions` (LIKE cannot use the primary key
     under most collations), which on a small machine would take CPU from the worker it measures;
-    XINFO GROUPS costs Redis next to nothing, so the rows are counted only once it says the
-    backlog is through. When Redis cannot tell the lag, count anyway.
+    XINFO costs Redis next to nothing, so the rows are counted only once it says the backlog is
+    through: the group has been handed the stream's last entry and holds none unacknowledged.
+    Not the group's `lag`, which Redis keeps only approximately (berth_common.backlog).
     """
     try:
+        stream = client.xinfo_stream(settings.ledger_stream)
         groups = client.xinfo_groups(settings.ledger_stream)
     except redis.ResponseError:
         return False  # no stream yet
     for group in groups:
-        name = group["name"]
-        if (name.decode() if isinstance(name, bytes) else name) == settings.ledger_group:
-            return group.get("lag") is None or (group["lag"] == 0 and group["pending"] == 0)
+        if as_text(group["name"]) == settings.ledger_group:
+            delivered = as_text(group["last-delivered-id"])
+            return delivered == as_text(stream["last-generated-id"]) and group["pending"] == 0
     return False
 
 
