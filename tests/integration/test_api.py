@@ -81,6 +81,38 @@ def test_batch_mixes_lists_and_objects_and_caches_rows(
     assert 0 < redis_client.ttl(keys[0]) <= settings.cache_ttl_seconds
 
 
+def test_with_the_cache_off_every_row_is_computed_and_nothing_is_cached(
+    settings: ApiSettings, redis_client: redis.Redis
+) -> None:
+    uncached = settings.model_copy(update={"cache_enabled": False})
+    with TestClient(create_app(uncached), raise_server_exceptions=False) as client:
+        first = client.post("/predict", json={"instances": [SETOSA, VIRGINICA, SETOSA]})
+        again = client.post("/predict", json={"instances": [VIRGINICA]})
+        named = {"X-Request-ID": "nightly-7"}
+        once = client.post("/predict", json={"instances": [SETOSA]}, headers=named)
+        retry = client.post("/predict", json={"instances": [SETOSA]}, headers=named)
+        other = client.post("/predict", json={"instances": [VIRGINICA]}, headers=named)
+    assert [first.status_code, again.status_code, once.status_code] == [200, 200, 200]
+    assert [r["label"] for r in first.json()["predictions"]] == ["setosa", "virginica", "setosa"]
+    assert [r["cached"] for r in first.json()["predictions"]] == [False, False, False]
+    assert again.json()["predictions"][0] == first.json()["predictions"][1]
+    # a named request is still a request once: its retry gets the first answer, another body
+    # under its id is refused
+    assert retry.status_code == 200
+    assert retry.json() == once.json()
+    assert other.status_code == 409
+
+    assert list(redis_client.scan_iter(match=f"{settings.redis_key_prefix}:cache:*")) == []
+    records = ledger_entries(redis_client, uncached)
+    assert [(r.request_id == "nightly-7", r.cached) for r in records] == [
+        (False, False),
+        (False, False),
+        (False, False),
+        (False, False),
+        (True, False),
+    ]
+
+
 def test_specific_version_endpoint(client: TestClient) -> None:
     ok = client.post("/v1/models/iris/versions/1/predict", json={"instances": [SETOSA]})
     assert ok.status_code == 200

@@ -189,6 +189,10 @@ class ApiSettings(CommonSettings):
     max_body_bytes: PositiveInt = 1_048_576
     # Comma-separated bearer tokens; when set, every endpoint but health and docs requires one.
     api_keys: SecretStr = SecretStr("")
+    # Each row's output is kept in Redis and a repeated row is answered from it. Off, every row
+    # goes to the model and Redis holds no cache: for rows that rarely repeat (batch scoring),
+    # whose cached copies cost Redis memory and, with a fast model, more CPU than the model call.
+    cache_enabled: bool = True
     cache_ttl_seconds: PositiveInt = 3600
     # A cache or ledger call that takes longer than this counts as a Redis failure: the prediction
     # is still served, the cache skipped.

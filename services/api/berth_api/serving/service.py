@@ -11,6 +11,7 @@ import logging
 import time
 import uuid
 from collections.abc import Sequence
+from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -46,6 +47,7 @@ class PredictionService:
         metrics: ApiMetrics,
         idempotency_ttl_seconds: int = 86_400,
         idempotency_wait_seconds: float = 5.0,
+        cache: bool = True,
     ) -> None:
         self._metrics = metrics
         self._gateway = gateway
@@ -54,6 +56,7 @@ class PredictionService:
         self._max_string_length = max_string_length
         self._idempotency_ttl = idempotency_ttl_seconds
         self._idempotency_wait = idempotency_wait_seconds
+        self._cache = cache
 
     async def predict(
         self,
@@ -71,8 +74,12 @@ class PredictionService:
         rows = rows_from_instances(
             metadata, instances, max_rows=self._max_rows, max_string_length=self._max_string_length
         )
-        digests = [row_digest(row) for row in rows]
-        keys = [self._keys.cache(metadata.name, metadata.version, d) for d in digests]
+        digests = [row_digest(row) for row in rows] if self._cache or idempotent else []
+        keys = (
+            [self._keys.cache(metadata.name, metadata.version, d) for d in digests]
+            if self._cache
+            else []
+        )
         claim = None
         if idempotent:
             claim = Claim(
@@ -80,10 +87,12 @@ class PredictionService:
                 fingerprint(metadata.name, metadata.version, digests),
                 uuid.uuid4().hex,
             )
-        lookup = await self._gateway.lookup(keys, claim)
-        hits = sum(output is not None for output in lookup.outputs)
-        self._metrics.cache_lookups.inc((metadata.name, metadata.version, "hit"), hits)
-        self._metrics.cache_lookups.inc((metadata.name, metadata.version, "miss"), len(rows) - hits)
+        lookup = await self._lookup(keys, claim, len(rows))
+        if self._cache:
+            hits = sum(output is not None for output in lookup.outputs)
+            labels = (metadata.name, metadata.version)
+            self._metrics.cache_lookups.inc((*labels, "hit"), hits)
+            self._metrics.cache_lookups.inc((*labels, "miss"), len(rows) - hits)
         if claim is not None and lookup.held_by is not None:
             try:
                 answer = await self._answer_of_first(claim, lookup.held_by, request_id)
@@ -93,7 +102,7 @@ class PredictionService:
             if answer is not None:
                 self._metrics.idempotency.inc(("replayed",))
                 return answer
-            lookup = await self._gateway.lookup(keys, claim)  # the first gave the id up
+            lookup = await self._lookup(keys, claim, len(rows))  # the first gave the id up
             if lookup.held_by is not None:
                 self._metrics.idempotency.inc(("conflict",))
                 raise _in_progress(request_id)
@@ -111,6 +120,13 @@ class PredictionService:
             if owned is not None:
                 await self._gateway.release(owned)
             raise
+
+    async def _lookup(self, keys: list[str], claim: Claim | None, rows: int) -> Lookup:
+        """The request's first round trip; none at all with the cache off and no id to claim."""
+        if self._cache:
+            return await self._gateway.lookup(keys, claim)
+        found = await self._gateway.lookup([], claim) if claim is not None else Lookup([])
+        return replace(found, outputs=[None] * rows)
 
     async def _serve(
         self,
@@ -132,7 +148,8 @@ class PredictionService:
             computed = await served.batcher.predict([rows[i] for i in misses])
             for i, output in zip(misses, computed, strict=True):
                 outputs[i] = output
-                fresh[keys[i]] = output
+                if keys:
+                    fresh[keys[i]] = output
         final = [output for output in outputs if output is not None]
         latency_ms = (time.perf_counter() - started) * 1000.0
         served_at = datetime.now(UTC)
