@@ -18,9 +18,10 @@ its scikit-learn runtime, with and without adaptive batching, BentoML with adapt
 `batch` at 8 connections where they take batches, while Berth's services are stopped. Every
 run reports the server container's CPU per request. After each Berth run it waits for the
 ledger to drain, reads the served -> stored delay of that run's rows from PostgreSQL and each
-service's CPU per row until then (api, worker, redis, postgres); then
-it measures the worker alone on a 200,000-row backlog, the model call alone inside the api
-container, the API's memory per process and the image sizes. It prints tables and the goals
+service's CPU per row until then (api, worker, redis, postgres); then it measures the cost of
+the metrics and of the cache (each switched off and on, alternately), the worker alone on a
+200,000-row backlog, the model call alone inside the api container, the API's memory per
+process and the image sizes. It prints tables and the goals
 held against them, and writes everything as JSON to bench-results/.
 
 Settings (environment): BENCH_SECONDS (10), BENCH_API_PORT (18200), BENCH_BACKLOG_ROWS
@@ -67,7 +68,7 @@ BERTH_LOADS = (
     ("batch", "/predict", "berth", "batch"),
     ("v2-distinct", "/v2/models/iris/infer", "v2", "distinct"),
 )
-API_SETTINGS_VARIED = ("ACCESS_LOG", "METRICS_ENABLED")
+API_SETTINGS_VARIED = ("ACCESS_LOG", "METRICS_ENABLED", "CACHE_ENABLED")
 ROWS_PER_REQUEST = {"distinct": 1, "repeated": 1, "batch": 100}
 # The settings the headline table compares (label, environment of the api container): what
 # `make up` gives, and the access log's other modes (a line per request, or none at all).
@@ -434,6 +435,44 @@ def metrics_cost(results: dict[str, Any]) -> None:
     log(f"metrics cost at c=64: {cost}% of req/s")
 
 
+# The loads the cache's cost is measured on: goal 3's (100-row requests, 8 connections) and the
+# side-by-side table's (distinct single rows, 64 connections); (load, connections, rows/request)
+CACHE_LOADS = (("batch", 8, 100), ("distinct", 64, 1))
+
+
+def cache_cost(results: dict[str, Any]) -> None:
+    """The cache's cost where no row repeats: each of CACHE_LOADS with CACHE_ENABLED off and
+    on, alternated twice, every run's rows stored before the next starts; the run of median
+    rows/s of each kept, with each service's CPU per row until its rows were stored."""
+    ledger = ledger_containers()
+    runs: dict[str, list[dict[str, Any]]] = {}
+    for state in ("off", "on", "off", "on"):
+        restart_api(CACHE_ENABLED="false" if state == "off" else "true")
+        container = api_container()
+        url = api_url()
+        for load, concurrency, rows in CACHE_LOADS:
+            wrk(url, concurrency, "berth", load, seconds=3)  # warm-up
+            now = datetime.now(UTC).isoformat()
+            in_api("lag", now, now)  # waits until the warm-up's rows are stored
+            since = datetime.now(UTC).isoformat()
+            before = stack_cpu_us(ledger)
+            point = measured(container, url, concurrency, "berth", load, rows)
+            until = datetime.now(UTC).isoformat()
+            point["ledger"] = in_api("lag", since, until)
+            point["cpu_us_per_row"] = cpu_per_row(point, rows, before, stack_cpu_us(ledger))
+            point.update(load=load, cache=state)
+            runs.setdefault(f"{load} c={concurrency}, cache {state}", []).append(point)
+            log(
+                f"cache {state:>3}, {load:>8} c={concurrency:<2} {point['rows_per_s']:>8,} rows/s"
+                f"  p99 {point['p99_ms']:.2f} ms  CPU us per row {point['cpu_us_per_row']}"
+            )
+    restart_api()
+    results["cache_cost"] = {
+        label: sorted(points, key=lambda p: p["rows_per_s"])[(len(points) - 1) // 2]
+        for label, points in runs.items()
+    }
+
+
 def worker_backlog(results: dict[str, Any]) -> None:
     log(f"worker: stopping it, queueing {BACKLOG_ROWS} rows, starting it")
     run([*COMPOSE, "stop", "worker"])
@@ -692,6 +731,13 @@ def headline(results: dict[str, Any]) -> list[str]:
         if batch.get("cpu_us_per_row"):
             shares = ", ".join(f"{k} {v}" for k, v in batch["cpu_us_per_row"].items())
             lines.append(f"  - CPU us per row served and stored: {shares}")
+    for label, p in results.get("cache_cost", {}).items():
+        shares = p["cpu_us_per_row"]
+        lines.append(
+            f"  - {label} (CACHE_ENABLED, no row repeated): {p['rows_per_s']:,} rows/s,"
+            f" p99 {p['p99_ms']:.1f} ms, CPU us per row: api {shares.get('api')}, total"
+            f" {shares.get('total')}"
+        )
     for name, p in results.get("baseline_batch", {}).items():
         lines.append(
             f"  - {name}, the same load: {p['rows_per_s']:,} rows/s, p99 {p['p99_ms']:.1f} ms"
@@ -867,6 +913,7 @@ def main() -> int:
         results["audit"] = {"exit_code": audit.returncode, "report": audit.stdout}
         configurations(results)
         metrics_cost(results)
+        cache_cost(results)
         worker_backlog(results)
         if BASELINES:
             baselines(results)
