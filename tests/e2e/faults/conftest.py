@@ -25,6 +25,7 @@ import redis
 from sqlalchemy import Engine, RootTransaction, create_engine, text
 from sqlalchemy.exc import SQLAlchemyError
 
+from berth_api.serving.idempotency import ClaimRecord, ClaimState
 from berth_common.ledger import FEEDBACK_FORMAT
 from berth_common.settings import CommonSettings
 from tests.conftest import ROOT
@@ -219,10 +220,13 @@ class Ledger:
             if fields.get(b"v") == FEEDBACK_FORMAT.encode()
         ]
 
-    def claimed(self, request_ids: Collection[str]) -> bool:
-        """Whether an API holds the idempotency claim of every one of these requests: it has
-        read and parsed them, and answers them from now on."""
-        return all(self.redis.exists(self.keys.idempotency(rid)) for rid in request_ids)
+    def working_on(self, request_ids: Collection[str]) -> int:
+        """How many of these requests an API is at work on: it has read and parsed them (their
+        idempotency claim is held) and not yet answered them (the claim is still pending), in
+        one round trip."""
+        values = self.redis.mget([self.keys.idempotency(rid) for rid in request_ids])
+        records = [ClaimRecord.parse(value) for value in values if value is not None]
+        return sum(record is not None and record.state is ClaimState.PENDING for record in records)
 
     def redis_up(self) -> bool:
         try:
