@@ -1,10 +1,11 @@
-"""Ledger records for tests, with every field set to a plausible served row."""
+"""Ledger records and bundle metadata for tests, every field set to something plausible."""
 
 from __future__ import annotations
 
 from datetime import UTC, datetime
 from typing import Any
 
+from berth_api.bundles.bundle import BundleMetadata, FeatureSpec
 from berth_common.ledger import PredictionRecord
 
 SERVED_AT = datetime(2024, 5, 17, 12, 30, 15, 250000, tzinfo=UTC)
@@ -26,3 +27,21 @@ def make_record(request_id: str = "req-1", row_index: int = 0, **changes: Any) -
     }
     values.update(changes)
     return PredictionRecord(**values)
+
+
+def make_metadata(*features: tuple[str, str], **changes: Any) -> BundleMetadata:
+    """A classifier's metadata with these (name, type) features."""
+    fields: dict[str, Any] = {
+        "name": "m",
+        "version": "1",
+        "created_at": datetime.now(UTC),
+        "task": "classification",
+        "estimator": "X",
+        "features": [FeatureSpec(name=n, type=t) for n, t in features],  # type: ignore[arg-type]
+        "classes": ["a", "b"],
+        "python_version": "3.11",
+        "sklearn_version": "1",
+        "joblib_version": "1",
+        "sha256": "0" * 64,
+    }
+    return BundleMetadata(**{**fields, **changes})

@@ -139,6 +139,9 @@ def test_the_append_only_file_keeps_the_ledger_not_the_cache(
     stack_settings: CommonSettings,
     compose: Compose,
 ) -> None:
+    # `make test` sets CACHE_MIN_ROW_US=0: by default the compiled demo model is not cached
+    serving = api.get("/v1/models/iris").json()["serving"]
+    assert serving["cache"] is True, serving["cache_reason"]
     request_id = new_request_id()
     row = [5.1, 3.5, 1.4, 0.2 + uuid.uuid4().int % 10_000 / 1e6]  # a row never cached before
     predict(api, {"features": row}, request_id)

@@ -81,6 +81,19 @@ def settings(api_settings: ApiSettings, iris_models_dir: Path) -> ApiSettings:
 
 
 @pytest.fixture
+def caching(settings: ApiSettings) -> ApiSettings:
+    """`settings` with every model's answers cached. The compiled demo model is quicker than the
+    cache, so by default its answers are not cached (serving/cache_policy.py)."""
+    return settings.model_copy(update={"cache_min_row_us": 0.0})
+
+
+@pytest.fixture
+def caching_client(caching: ApiSettings, redis_client: redis.Redis) -> Iterator[TestClient]:
+    with TestClient(create_app(caching), raise_server_exceptions=False) as client:
+        yield client
+
+
+@pytest.fixture
 def client(settings: ApiSettings, redis_client: redis.Redis) -> Iterator[TestClient]:
     with TestClient(create_app(settings), raise_server_exceptions=False) as client:
         yield client

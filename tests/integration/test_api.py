@@ -52,8 +52,9 @@ def test_tutorial_body_predicts_a_label(
 
 
 def test_batch_mixes_lists_and_objects_and_caches_rows(
-    client: TestClient, redis_client: redis.Redis, settings: ApiSettings
+    caching_client: TestClient, redis_client: redis.Redis, settings: ApiSettings
 ) -> None:
+    client = caching_client
     first = client.post("/v1/models/iris/predict", json={"instances": [SETOSA, VIRGINICA]})
     assert first.status_code == 200
     assert [r["label"] for r in first.json()["predictions"]] == ["setosa", "virginica"]
@@ -111,6 +112,46 @@ def test_with_the_cache_off_every_row_is_computed_and_nothing_is_cached(
         (False, False),
         (True, False),
     ]
+
+
+def test_the_compiled_demo_model_is_quicker_than_the_cache_and_is_not_cached(
+    client: TestClient, redis_client: redis.Redis, settings: ApiSettings
+) -> None:
+    serving = client.get("/v1/models/iris").json()["serving"]
+    first = client.post("/predict", json={"instances": [SETOSA]})
+    again = client.post("/predict", json={"instances": [SETOSA]})
+
+    assert serving["engine"] == "onnxruntime"
+    assert serving["cache"] is False
+    # one row alone, or (onnxruntime's call costing more than its rows) a full batch per row
+    timed = [serving[f] for f in ("row_us", "batched_row_us") if serving[f] is not None]
+    assert 0 < min(timed) < settings.cache_min_row_us
+    assert "the cache would cost more than it saves" in serving["cache_reason"]
+    assert [first.json()["predictions"][0]["cached"], again.json()["predictions"][0]["cached"]] == [
+        False,
+        False,
+    ]
+    assert list(redis_client.scan_iter(match=f"{settings.redis_key_prefix}:cache:*")) == []
+
+
+def test_the_demo_model_in_scikit_learn_is_slower_than_the_cache_and_is_cached(
+    settings: ApiSettings, redis_client: redis.Redis
+) -> None:
+    sklearn = settings.model_copy(update={"compiled_models": False})
+    with TestClient(create_app(sklearn), raise_server_exceptions=False) as client:
+        serving = client.get("/v1/models/iris/versions/1").json()["serving"]
+        first = client.post("/predict", json={"instances": [SETOSA]})
+        again = client.post("/predict", json={"instances": [SETOSA]})
+
+    assert serving["engine"] == "scikit-learn"
+    assert serving["cache"] is True
+    # a forest of 100 trees: milliseconds a call, and still far more than 20 µs a row in a batch
+    assert serving["row_us"] > serving["batched_row_us"] > settings.cache_min_row_us
+    assert [first.json()["predictions"][0]["cached"], again.json()["predictions"][0]["cached"]] == [
+        False,
+        True,
+    ]
+    assert len(list(redis_client.scan_iter(match=f"{settings.redis_key_prefix}:cache:*"))) == 1
 
 
 def test_specific_version_endpoint(client: TestClient) -> None:

@@ -89,10 +89,12 @@ def test_same_request_id_twice_stores_one_row(
 
 
 def test_cache_hits_are_recorded_as_such(
-    client: TestClient, drain: Callable[[], int], engine: Engine
+    caching_client: TestClient, drain: Callable[[], int], engine: Engine
 ) -> None:
     for request_id in ("hit-a", "hit-b"):
-        client.post("/predict", json={"features": SETOSA}, headers={"X-Request-ID": request_id})
+        caching_client.post(
+            "/predict", json={"features": SETOSA}, headers={"X-Request-ID": request_id}
+        )
     drain()
     with engine.connect() as connection:
         result = connection.execute(text("SELECT request_id, cached FROM predictions"))

@@ -68,8 +68,8 @@ def eventually(check: Any, timeout: float = 10.0) -> Any:
 
 
 @pytest.fixture
-def quick(settings: ApiSettings, tmp_path: Path) -> ApiSettings:
-    return settings.model_copy(
+def quick(caching: ApiSettings, tmp_path: Path) -> ApiSettings:
+    return caching.model_copy(
         update={
             "metrics_dir": tmp_path / "shared-metrics",
             "metrics_publish_interval_seconds": 0.1,

@@ -1,32 +1,16 @@
 from __future__ import annotations
 
 import math
-from datetime import UTC, datetime
 from typing import Any
 
 import pytest
 
-from berth_api.bundles.bundle import BundleMetadata, FeatureSpec
+from berth_api.bundles.bundle import BundleMetadata
 from berth_api.errors import InvalidInput
 from berth_api.serving.features import rows_from_instances
+from tests.factories import make_metadata
 
-
-def metadata(*features: tuple[str, str]) -> BundleMetadata:
-    return BundleMetadata(
-        name="m",
-        version="1",
-        created_at=datetime.now(UTC),
-        task="classification",
-        estimator="X",
-        features=[FeatureSpec(name=n, type=t) for n, t in features],  # type: ignore[arg-type]
-        classes=["a", "b"],
-        python_version="3.11",
-        sklearn_version="1",
-        joblib_version="1",
-        sha256="0" * 64,
-    )
-
-
+metadata = make_metadata
 IRIS = metadata(("a", "number"), ("b", "number"))
 MIXED = metadata(("age", "integer"), ("plan", "string"), ("active", "boolean"))
 

@@ -139,7 +139,6 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
             metrics=metrics,
             idempotency_ttl_seconds=settings.idempotency_ttl_seconds,
             idempotency_wait_seconds=settings.idempotency_wait_seconds,
-            cache=settings.cache_enabled,
         )
         # Everything loaded so far (libraries, models) lives as long as the process: moved out of
         # the collector's sight, a full collection no longer walks it, which under load had

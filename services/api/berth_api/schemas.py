@@ -150,14 +150,31 @@ class ModelSummary(BaseModel):
     default: bool
 
 
+class Serving(BaseModel):
+    """How this API process serves a loaded version."""
+
+    engine: str = Field(description="What computes its rows: onnxruntime or scikit-learn.")
+    cache: bool = Field(description="Whether a repeated row is answered from the cache.")
+    cache_reason: str = Field(description="Why (CACHE_ENABLED, CACHE_MIN_ROW_US).")
+    row_us: float | None = Field(
+        description="The model's own microseconds for one row, timed on the bundle's example "
+        "row when it was loaded; null when it was not timed."
+    )
+    batched_row_us: float | None = Field(
+        description="Its microseconds per row in a call of BATCH_MAX_SIZE rows; null when not "
+        "timed (one row alone already settled whether to cache)."
+    )
+
+
 class ModelDetails(BundleMetadata):
     """A bundle's metadata, and that it is served (a model that is not gets a 503 instead)."""
 
     ready: bool = True
+    serving: Serving | None = None
 
     @classmethod
-    def of(cls, metadata: BundleMetadata) -> ModelDetails:
-        return cls.model_validate({**metadata.model_dump(), "ready": True})
+    def of(cls, metadata: BundleMetadata, serving: Serving | None = None) -> ModelDetails:
+        return cls.model_validate({**metadata.model_dump(), "ready": True, "serving": serving})
 
 
 class ModelList(BaseModel):

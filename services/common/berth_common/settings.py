@@ -193,6 +193,10 @@ class ApiSettings(CommonSettings):
     # goes to the model and Redis holds no cache: for rows that rarely repeat (batch scoring),
     # whose cached copies cost Redis memory and, with a fast model, more CPU than the model call.
     cache_enabled: bool = True
+    # A model's answers are cached only if it takes at least this many microseconds of its own
+    # per row, timed on its example row when it is loaded: under that, the cache costs more CPU
+    # than the model calls it saves (serving/cache_policy.py). 0 caches every model.
+    cache_min_row_us: Annotated[float, Field(ge=0)] = 20.0
     cache_ttl_seconds: PositiveInt = 3600
     # A cache or ledger call that takes longer than this counts as a Redis failure: the prediction
     # is still served, the cache skipped.

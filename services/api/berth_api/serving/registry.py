@@ -22,6 +22,7 @@ from berth_api.bundles.trust import TrustPolicy
 from berth_api.errors import ModelNotFound, ModelNotReady
 from berth_api.monitoring import ApiMetrics
 from berth_api.serving.batching import ModelBatcher
+from berth_api.serving.cache_policy import CachePolicy, decide
 from berth_api.serving.compiled import CompiledPredictor, NotCompiled
 from berth_api.serving.predictor import Predictor, Predicts
 from berth_common.settings import ApiSettings
@@ -33,6 +34,8 @@ logger = logging.getLogger(__name__)
 class ServedModel:
     bundle: ModelBundle
     batcher: ModelBatcher
+    # whether its answers are cached (CACHE_ENABLED, and the model's time per row: cache_policy)
+    cache: CachePolicy
 
     @property
     def predictor(self) -> Predicts:
@@ -79,16 +82,31 @@ class ModelRegistry:
                     logger.error("not serving bundle %s: %s", key, exc)
                     registry.failures[key] = str(exc)
                     continue
+                predictor = choose_predictor(bundle, settings)
+                cache = decide(
+                    predictor,
+                    bundle.metadata,
+                    enabled=settings.cache_enabled,
+                    min_row_seconds=settings.cache_min_row_us / 1e6,
+                    batch_rows=settings.batch_max_size,
+                )
                 batcher = ModelBatcher(
-                    choose_predictor(bundle, settings),
+                    predictor,
                     name=name,
                     version=bundle.version,
                     metrics=metrics,
                     max_size=settings.batch_max_size,
                     max_wait_seconds=settings.batch_max_wait_ms / 1000.0,
                 )
-                registry.models[(name, bundle.version)] = ServedModel(bundle, batcher)
-                logger.info("loaded bundle %s from %s (%s)", key, bundle_dir, batcher.engine)
+                registry.models[(name, bundle.version)] = ServedModel(bundle, batcher, cache)
+                logger.info(
+                    "loaded bundle %s from %s (%s); its answers %s cached: %s",
+                    key,
+                    bundle_dir,
+                    batcher.engine,
+                    "are" if cache.cache else "are not",
+                    cache.reason,
+                )
             registry.resolved[name] = versions[-1].name
         registry.resolved.update(settings.version_pins)
         default = settings.default_model

@@ -47,7 +47,6 @@ class PredictionService:
         metrics: ApiMetrics,
         idempotency_ttl_seconds: int = 86_400,
         idempotency_wait_seconds: float = 5.0,
-        cache: bool = True,
     ) -> None:
         self._metrics = metrics
         self._gateway = gateway
@@ -56,7 +55,6 @@ class PredictionService:
         self._max_string_length = max_string_length
         self._idempotency_ttl = idempotency_ttl_seconds
         self._idempotency_wait = idempotency_wait_seconds
-        self._cache = cache
 
     async def predict(
         self,
@@ -74,11 +72,10 @@ class PredictionService:
         rows = rows_from_instances(
             metadata, instances, max_rows=self._max_rows, max_string_length=self._max_string_length
         )
-        digests = [row_digest(row) for row in rows] if self._cache or idempotent else []
+        cache = served.cache.cache
+        digests = [row_digest(row) for row in rows] if cache or idempotent else []
         keys = (
-            [self._keys.cache(metadata.name, metadata.version, d) for d in digests]
-            if self._cache
-            else []
+            [self._keys.cache(metadata.name, metadata.version, d) for d in digests] if cache else []
         )
         claim = None
         if idempotent:
@@ -87,8 +84,8 @@ class PredictionService:
                 fingerprint(metadata.name, metadata.version, digests),
                 uuid.uuid4().hex,
             )
-        lookup = await self._lookup(keys, claim, len(rows))
-        if self._cache:
+        lookup = await self._lookup(cache, keys, claim, len(rows))
+        if cache:
             hits = sum(output is not None for output in lookup.outputs)
             labels = (metadata.name, metadata.version)
             self._metrics.cache_lookups.inc((*labels, "hit"), hits)
@@ -102,7 +99,7 @@ class PredictionService:
             if answer is not None:
                 self._metrics.idempotency.inc(("replayed",))
                 return answer
-            lookup = await self._lookup(keys, claim, len(rows))  # the first gave the id up
+            lookup = await self._lookup(cache, keys, claim, len(rows))  # the first gave it up
             if lookup.held_by is not None:
                 self._metrics.idempotency.inc(("conflict",))
                 raise _in_progress(request_id)
@@ -121,9 +118,9 @@ class PredictionService:
                 await self._gateway.release(owned)
             raise
 
-    async def _lookup(self, keys: list[str], claim: Claim | None, rows: int) -> Lookup:
+    async def _lookup(self, cache: bool, keys: list[str], claim: Claim | None, rows: int) -> Lookup:
         """The request's first round trip; none at all with the cache off and no id to claim."""
-        if self._cache:
+        if cache:
             return await self._gateway.lookup(keys, claim)
         found = await self._gateway.lookup([], claim) if claim is not None else Lookup([])
         return replace(found, outputs=[None] * rows)

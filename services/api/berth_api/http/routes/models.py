@@ -6,7 +6,8 @@ from fastapi import APIRouter
 
 from berth_api.errors import ModelNotFound, ModelNotReady
 from berth_api.http.deps import State
-from berth_api.schemas import ModelDetails, ModelList, ModelSummary
+from berth_api.schemas import ModelDetails, ModelList, ModelSummary, Serving
+from berth_api.serving.registry import ServedModel
 
 router = APIRouter(prefix="/v1/models", tags=["models"])
 
@@ -40,10 +41,26 @@ async def list_models(state: State) -> ModelList:
 async def get_model(name: str, state: State) -> ModelDetails:
     """The metadata of the version `name` resolves to: features, classes, metrics, versions.
     `ready` is what TensorFlow Serving / KServe V1 clients ask this path for."""
-    return ModelDetails.of(state.registry.get(name).bundle.metadata)
+    return _details(state.registry.get(name))
 
 
 @router.get("/{name}/versions/{version}", response_model=ModelDetails)
 async def get_model_version(name: str, version: str, state: State) -> ModelDetails:
     """The metadata of one version of a model."""
-    return ModelDetails.of(state.registry.get(name, version).bundle.metadata)
+    return _details(state.registry.get(name, version))
+
+
+def _details(served: ServedModel) -> ModelDetails:
+    policy = served.cache
+    serving = Serving(
+        engine=served.batcher.engine,
+        cache=policy.cache,
+        cache_reason=policy.reason,
+        row_us=_microseconds(policy.alone_seconds),
+        batched_row_us=_microseconds(policy.batched_seconds),
+    )
+    return ModelDetails.of(served.bundle.metadata, serving)
+
+
+def _microseconds(seconds: float | None) -> float | None:
+    return None if seconds is None else round(seconds * 1e6, 1)
