@@ -39,6 +39,13 @@ Result = dict[str, Any]
 ServedRow = tuple[int, dict[str, Any], Any]
 
 
+@pytest.fixture
+def settings(caching: ApiSettings) -> ApiSettings:
+    """The demo model cached, though it is quicker than the cache: the SDK's calls and Berth's
+    own route must share one cache."""
+    return caching
+
+
 def kserve_sdk(address: str, protocol: str, calls: list[dict[str, Any]]) -> list[Result]:
     """Each call's result from tests/clients/kserve_sdk.py (its docstring has the grammar)."""
     python = os.environ.get(SDK_PYTHON)
