@@ -14,7 +14,8 @@ Writes bench-results/profile-<time>.txt, the collapsed stacks (one line per dist
 its sample count: what speedscope.app and inferno-flamegraph read), and prints the frames that
 hold the most samples on their own (self) and below them (inclusive), and the share of each
 package. Settings (environment): PROFILE_SECONDS (20), PROFILE_CONNECTIONS (64),
-PROFILE_RATE (250 samples/s per process).
+PROFILE_RATE (250 samples/s per process), PROFILE_LOAD (`distinct` single rows, or `batch`:
+requests of 100 distinct rows, the bench's batch load).
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ from bench.run import (
     KEEP,
     PORT,
     ROOT,
+    ROWS_PER_REQUEST,
     api_container,
     api_url,
     ensure_wrk,
@@ -46,6 +48,7 @@ from bench.run import (
 SECONDS = int(os.environ.get("PROFILE_SECONDS", "20"))
 CONNECTIONS = int(os.environ.get("PROFILE_CONNECTIONS", "64"))
 RATE = int(os.environ.get("PROFILE_RATE", "250"))
+LOAD = os.environ.get("PROFILE_LOAD", "distinct")
 IMAGE = "berth-bench-pyspy"
 TOP = 25
 # "function (path/to/file.py:123)", as py-spy writes a frame
@@ -138,6 +141,8 @@ def summary(stacks: list[tuple[list[str], int]]) -> list[str]:
 
 
 def main() -> int:
+    if LOAD not in ROWS_PER_REQUEST:
+        raise SystemExit(f"PROFILE_LOAD must be one of {', '.join(ROWS_PER_REQUEST)}, not {LOAD!r}")
     ensure_wrk()
     started = stack_up()
     try:
@@ -157,11 +162,11 @@ def profile() -> int:
     out_dir.mkdir(exist_ok=True)
     name = f"profile-{datetime.now(UTC):%Y%m%dT%H%M%SZ}.txt"
     url = api_url()
-    wrk(url, CONNECTIONS, "berth", "distinct", seconds=3)  # warm-up
-    log(f"wrk: distinct rows, {CONNECTIONS} connections; py-spy on pid {pid} and its children")
+    wrk(url, CONNECTIONS, "berth", LOAD, seconds=3)  # warm-up
+    log(f"wrk: {LOAD} load, {CONNECTIONS} connections; py-spy on pid {pid} and its children")
     load: dict[str, object] = {}
     driver = threading.Thread(
-        target=lambda: load.update(wrk(url, CONNECTIONS, "berth", "distinct", SECONDS + 6))
+        target=lambda: load.update(wrk(url, CONNECTIONS, "berth", LOAD, SECONDS + 6))
     )
     driver.start()
     try:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -12,6 +13,8 @@ import redis
 from fastapi.testclient import TestClient
 
 from berth_api.app import create_app
+from berth_api.serving.features import Value
+from berth_api.serving.predictor import ModelOutput, Predicts
 from berth_common.ledger import decode_entry
 from berth_common.settings import ApiSettings
 
@@ -132,6 +135,42 @@ def test_the_compiled_demo_model_is_quicker_than_the_cache_and_is_not_cached(
         False,
     ]
     assert list(redis_client.scan_iter(match=f"{settings.redis_key_prefix}:cache:*")) == []
+
+
+def test_a_model_is_timed_at_load_whatever_the_cache_settings(caching_client: TestClient) -> None:
+    serving = caching_client.get("/v1/models/iris").json()["serving"]
+
+    assert serving["cache"] is True
+    assert serving["cache_reason"] == "CACHE_MIN_ROW_US=0 caches every model"
+    assert serving["row_us"] > 0
+    assert serving["batched_row_us"] > 0
+
+
+class ThreadNoting:
+    """A model that notes the name of the thread each of its calls runs on."""
+
+    def __init__(self, model: Predicts) -> None:
+        self.model, self.engine = model, model.engine
+        self.threads: list[str] = []
+
+    def predict(self, rows: list[list[Value]]) -> list[ModelOutput]:
+        self.threads.append(threading.current_thread().name)
+        return self.model.predict(rows)
+
+
+def test_the_compiled_demo_models_calls_run_on_the_event_loop_from_the_first(
+    client: TestClient,
+) -> None:
+    # timed at load, its calls are known to be quick: no request waits for a hand-off to the
+    # model's thread (named model-iris/1), not even the first of its size
+    batcher = client.app_state["berth"].registry.models[("iris", "1")].batcher  # type: ignore[attr-defined]
+    noting = batcher.predictor = ThreadNoting(batcher.predictor)
+    one = client.post("/predict", json={"instances": [SETOSA]})
+    ten = client.post("/predict", json={"instances": [SETOSA] * 10})
+
+    assert (one.status_code, ten.status_code) == (200, 200)
+    assert len(noting.threads) == 2
+    assert not any(name.startswith("model-") for name in noting.threads), noting.threads
 
 
 def test_the_demo_model_in_scikit_learn_is_slower_than_the_cache_and_is_cached(

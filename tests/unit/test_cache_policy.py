@@ -1,5 +1,6 @@
-"""Which models' answers are cached: timed on a clock the test model advances, so the figures
-are exact and the test does not depend on the machine's speed."""
+"""How a model is timed when it is loaded, and which models' answers are cached: timed on a clock
+the test model advances, so the figures are exact and the test does not depend on the machine's
+speed."""
 
 from __future__ import annotations
 
@@ -7,10 +8,11 @@ import pytest
 
 from berth_api.bundles.bundle import BundleMetadata
 from berth_api.errors import UnpredictableInput
-from berth_api.serving import cache_policy
+from berth_api.serving import timing
 from berth_api.serving.cache_policy import CachePolicy, decide
 from berth_api.serving.features import Value
 from berth_api.serving.predictor import ModelOutput
+from berth_api.serving.timing import ModelTiming, time_model
 from tests.factories import make_metadata
 
 MIN_ROW = 20e-6  # CACHE_MIN_ROW_US=20
@@ -56,14 +58,9 @@ def policy(
     enabled: bool = True,
     min_row: float = MIN_ROW,
 ) -> CachePolicy:
-    monkeypatch.setattr(cache_policy, "perf_counter", model.clock)
-    return decide(
-        model,
-        meta or metadata(EXAMPLE),
-        enabled=enabled,
-        min_row_seconds=min_row,
-        batch_rows=BATCH,
-    )
+    monkeypatch.setattr(timing, "perf_counter", model.clock)
+    timed = time_model(model, meta or metadata(EXAMPLE), batch_rows=BATCH)
+    return decide(timed, enabled=enabled, min_row_seconds=min_row)
 
 
 def test_a_model_quicker_than_the_cache_for_one_row_is_not_cached(
@@ -73,8 +70,8 @@ def test_a_model_quicker_than_the_cache_for_one_row_is_not_cached(
     found = policy(model, monkeypatch)
     assert found.cache is False
     assert found.alone_seconds == pytest.approx(6e-6)
-    assert found.batched_seconds is None
-    assert model.calls == [1, 1, 1]  # a batch costs no more per row: not timed
+    assert found.batched_seconds == pytest.approx((5e-6 + 64e-6) / 64)
+    assert model.calls == [1, 1, 1, 64, 64, 64]
     assert "6.0 µs" in found.reason
     assert "CACHE_MIN_ROW_US=20" in found.reason
 
@@ -144,11 +141,31 @@ def test_a_model_that_cannot_be_timed_is_cached(
     assert found.alone_seconds is None
 
 
-def test_the_settings_decide_without_timing(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_the_settings_decide_whatever_the_timing(monkeypatch: pytest.MonkeyPatch) -> None:
     quick = TimedModel(fixed=1e-6, per_row=0.0)
-    assert policy(quick, monkeypatch, min_row=0.0).cache is True
-    slow = TimedModel(fixed=1.0, per_row=0.0)
+    every = policy(quick, monkeypatch, min_row=0.0)
+    assert every.cache is True
+    assert every.reason == "CACHE_MIN_ROW_US=0 caches every model"
+    slow = TimedModel(fixed=10e-3, per_row=0.0)
     off = policy(slow, monkeypatch, enabled=False)
     assert off.cache is False
     assert off.reason == "CACHE_ENABLED=false"
-    assert quick.calls == slow.calls == []
+    # timed all the same: the batcher uses it, and GET /v1/models shows it
+    assert off.alone_seconds == pytest.approx(10e-3)
+
+
+def test_a_call_is_expected_to_cost_on_the_line_through_one_row_and_a_full_batch() -> None:
+    found = ModelTiming(
+        alone_seconds=60e-6, batched_seconds=(60e-6 + 63 * 3e-6) / 64, batch_rows=64
+    )
+    assert found.call_seconds(1) == pytest.approx(60e-6)
+    assert found.call_seconds(64) == pytest.approx(60e-6 + 63 * 3e-6)
+    assert found.call_seconds(100) == pytest.approx(60e-6 + 99 * 3e-6)  # past the batch
+    assert found.call_seconds(16) == pytest.approx(60e-6 + 15 * 3e-6)
+
+
+def test_a_call_size_the_timing_did_not_cover_has_no_expected_cost() -> None:
+    assert ModelTiming(untimed="no example").call_seconds(1) is None
+    one_only = ModelTiming(alone_seconds=0.1, batch_rows=64)  # a batch was too slow to time
+    assert one_only.call_seconds(1) == pytest.approx(0.1)
+    assert one_only.call_seconds(2) is None

@@ -162,7 +162,7 @@ class Serving(BaseModel):
     )
     batched_row_us: float | None = Field(
         description="Its microseconds per row in a call of BATCH_MAX_SIZE rows; null when not "
-        "timed (one row alone already settled whether to cache)."
+        "timed (no example row, or a full batch would take the model more than a second)."
     )
 
 

@@ -10,14 +10,30 @@ A call expected to take less than INLINE_BUDGET_SECONDS runs on the event loop i
 to the model's thread and back costs two thread wake-ups and a write to the loop's self-pipe,
 which for a compiled model's one-row call was several times the call itself; a scikit-learn
 model's call takes milliseconds and always goes to the thread, where it does not hold up the
-other requests. The estimate is the model's own recent time for calls of about that many rows
-(the same power of two), measured on every call; a size not yet measured goes to the thread.
+other requests.
+
+The estimate for a call is the larger of two figures. The first is the model's own time for a
+call of that many rows, measured when it was loaded (`timing`), before anything else competed
+with it. The second is its recent time for calls of about that many rows (the same power of
+two), measured on every call: on the loop by the clock, in the thread by the thread's CPU time,
+and each call at most twice the estimate, so that one call that was preempted does not send a
+quick model to its thread.
+In the thread the clock would count the wait for the GIL, which the event loop holds under load
+for up to the interpreter's switch interval (5 ms): by the clock, a compiled model's 400 µs call
+of 100 rows took milliseconds there, so that size stayed in the thread for good (under `make
+profile`'s batch load, every model call ran there). The CPU time leaves out what the model
+waits for, which is why the load-time figure is the floor: a model whose own threads do the
+work, or that waits for something, is still known to be slow.
+
+A model that was not timed at load has no floor; its calls of a size not measured yet go to the
+thread, and there they are measured by the clock, which errs towards the thread.
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
 from berth_api.coalesce import Coalescer
@@ -25,6 +41,7 @@ from berth_api.errors import UnpredictableInput
 from berth_api.monitoring import ApiMetrics
 from berth_api.serving.features import Value
 from berth_api.serving.predictor import ModelOutput, Predicts
+from berth_api.serving.timing import ModelTiming
 
 Rows = list[list[Value]]
 
@@ -44,8 +61,15 @@ class ModelBatcher:
         metrics: ApiMetrics,
         max_size: int,
         max_wait_seconds: float,
+        timing: ModelTiming | None = None,
     ) -> None:
         self.predictor = predictor
+        self._timing = timing or ModelTiming()
+        # in the thread, a call is timed by the thread's CPU only when the load-time floor
+        # stands behind it (see the module's docstring)
+        self._thread_clock = (
+            time.thread_time if self._timing.alone_seconds is not None else time.perf_counter
+        )
         self._name, self._version = name, version
         self._metrics = metrics
         # One thread: calls to one model are serial, which is what lets requests queue up and
@@ -56,8 +80,7 @@ class ModelBatcher:
         self._coalescer: Coalescer[Rows, list[ModelOutput]] = Coalescer(
             self._run, max_size=max_size, size=len, max_wait_seconds=max_wait_seconds
         )
-        # Seconds per call, by the bit length of its row count (1, 2-3, 4-7, ... rows); a size
-        # not measured yet goes to the thread.
+        # Recent seconds per call, by the bit length of its row count (1, 2-3, 4-7, ... rows).
         self._seconds: dict[int, float] = {}
 
     @property
@@ -78,28 +101,48 @@ class ModelBatcher:
     async def _run(self, requests: list[Rows]) -> list[list[ModelOutput] | BaseException]:
         rows = sum(len(request) for request in requests)
         started = time.perf_counter()
-        if self._seconds.get(rows.bit_length(), INLINE_BUDGET_SECONDS + 1) <= INLINE_BUDGET_SECONDS:
-            answers = self._timed(requests, rows)
+        if self.expected_seconds(rows) <= INLINE_BUDGET_SECONDS:
+            answers = self._timed(requests, rows, time.perf_counter)
         else:
             loop = asyncio.get_running_loop()
-            answers = await loop.run_in_executor(self._executor, self._timed, requests, rows)
+            answers = await loop.run_in_executor(
+                self._executor, self._timed, requests, rows, self._thread_clock
+            )
         self._metrics.record_model_call(
             self._name, self._version, self.engine, rows, time.perf_counter() - started
         )
         return answers
 
-    def _timed(self, requests: list[Rows], rows: int) -> list[list[ModelOutput] | BaseException]:
-        """The call, and its time in the estimate for its size (the thread hand-off left out)."""
-        started = time.perf_counter()
+    def expected_seconds(self, rows: int) -> float:
+        """What a call of `rows` rows is expected to take; infinite when nothing is known."""
+        figures = [
+            figure
+            for figure in (self._seconds.get(rows.bit_length()), self._timing.call_seconds(rows))
+            if figure is not None
+        ]
+        return max(figures, default=float("inf"))
+
+    def _timed(
+        self, requests: list[Rows], rows: int, clock: Callable[[], float]
+    ) -> list[list[ModelOutput] | BaseException]:
+        """The call, and its time by `clock` in the estimate for its size (the thread hand-off
+        left out)."""
+        started = clock()
         try:
             return self._predict_all(requests)
         finally:
-            seconds = time.perf_counter() - started
+            seconds = clock() - started
             size = rows.bit_length()
             known = self._seconds.get(size)
-            self._seconds[size] = (
-                seconds if known is None else known + _ESTIMATE_WEIGHT * (seconds - known)
-            )
+            if known is None:
+                known = self._timing.call_seconds(rows)
+            if known is None:
+                self._seconds[size] = seconds
+            else:
+                # a call at most twice as long as expected counts in full: one call that waited
+                # (the process preempted) moves the estimate by a fifth, a slower model in a few
+                seconds = min(seconds, 2 * known)
+                self._seconds[size] = known + _ESTIMATE_WEIGHT * (seconds - known)
 
     def _predict_all(self, requests: list[Rows]) -> list[list[ModelOutput] | BaseException]:
         if len(requests) == 1:

@@ -7,28 +7,17 @@ for single rows. A compiled model computes a row in a few microseconds once its 
 batched, so caching it made every request slower, even when every row repeated; a scikit-learn
 forest takes a hundred microseconds or more per row even in a full batch, and a hit saves it.
 
-So the model is timed on its bundle's example row when it is loaded: one row alone, then (unless
-one row alone is already under the threshold) a call of BATCH_MAX_SIZE rows. Its answers are
-cached when both take at least CACHE_MIN_ROW_US per row. A bundle without an example, one whose
-example the model refuses, and one too slow to time in a full batch (BATCH_TIMING_BUDGET) are
-cached: that costs some CPU, and cannot give a wrong answer.
+So its answers are cached when the model's own time (`timing`, measured when it is loaded) is at
+least CACHE_MIN_ROW_US per row, both for one row alone and per row of a call of BATCH_MAX_SIZE
+rows. A model that was not timed (no example row, an example the model refuses) and one too slow
+to time in a full batch are cached: that costs some CPU, and cannot give a wrong answer.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from time import perf_counter
 
-from berth_api.bundles.bundle import BundleMetadata
-from berth_api.errors import InvalidInput
-from berth_api.serving.features import Value, rows_from_instances
-from berth_api.serving.predictor import Predicts
-
-# Calls of each size timed; the quickest counts (the first call of a model is often slower:
-# its memory is not yet touched).
-TIMED_CALLS = 3
-# The most seconds spent timing a model's full batch at start-up (each API process does it).
-BATCH_TIMING_BUDGET = 1.0
+from berth_api.serving.timing import ModelTiming
 
 
 @dataclass(frozen=True)
@@ -41,41 +30,30 @@ class CachePolicy:
     batched_seconds: float | None = None
 
 
-def decide(
-    predictor: Predicts,
-    metadata: BundleMetadata,
-    *,
-    enabled: bool,
-    min_row_seconds: float,
-    batch_rows: int,
-) -> CachePolicy:
+def decide(timing: ModelTiming, *, enabled: bool, min_row_seconds: float) -> CachePolicy:
+    alone, batched = timing.alone_seconds, timing.batched_seconds
     if not enabled:
-        return CachePolicy(False, "CACHE_ENABLED=false")
+        return CachePolicy(False, "CACHE_ENABLED=false", alone, batched)
     if min_row_seconds <= 0:
-        return CachePolicy(True, "CACHE_MIN_ROW_US=0 caches every model")
-    row = _example_row(metadata)
-    if row is None:
-        return CachePolicy(True, "the bundle has no example row the model can be timed on")
+        return CachePolicy(True, "CACHE_MIN_ROW_US=0 caches every model", alone, batched)
+    if alone is None:
+        return CachePolicy(True, timing.untimed or "the model was not timed")
     threshold = f"CACHE_MIN_ROW_US={min_row_seconds * 1e6:g}"
-    try:
-        alone = _quickest(predictor, [row], budget=BATCH_TIMING_BUDGET)
-        if alone < min_row_seconds:
-            return CachePolicy(
-                False,
-                f"one row takes the model {alone * 1e6:.1f} µs, under {threshold}: "
-                "the cache would cost more than it saves",
-                alone,
-            )
-        if batch_rows <= 1 or alone * batch_rows > BATCH_TIMING_BUDGET:
-            return CachePolicy(
-                True, f"one row takes the model {alone * 1e6:.1f} µs, at least {threshold}", alone
-            )
-        batched = _quickest(predictor, [row] * batch_rows, budget=BATCH_TIMING_BUDGET) / batch_rows
-    except Exception as exc:  # any failure on the example means "not timed", not "not served"
-        return CachePolicy(True, f"the model could not be timed on its example row: {exc}")
+    if alone < min_row_seconds:
+        return CachePolicy(
+            False,
+            f"one row takes the model {alone * 1e6:.1f} µs, under {threshold}: "
+            "the cache would cost more than it saves",
+            alone,
+            batched,
+        )
+    if batched is None:
+        return CachePolicy(
+            True, f"one row takes the model {alone * 1e6:.1f} µs, at least {threshold}", alone
+        )
     measured = (
         f"the model takes {alone * 1e6:.1f} µs for one row, "
-        f"{batched * 1e6:.1f} µs per row in a call of {batch_rows}"
+        f"{batched * 1e6:.1f} µs per row in a call of {timing.batch_rows}"
     )
     if batched >= min_row_seconds:
         return CachePolicy(True, f"{measured}, at least {threshold}", alone, batched)
@@ -85,28 +63,3 @@ def decide(
         alone,
         batched,
     )
-
-
-def _quickest(predictor: Predicts, rows: list[list[Value]], *, budget: float) -> float:
-    """The quickest of up to TIMED_CALLS calls; no more calls once another could pass `budget`
-    seconds in all."""
-    best, spent = float("inf"), 0.0
-    for _ in range(TIMED_CALLS):
-        started = perf_counter()
-        predictor.predict(rows)
-        seconds = perf_counter() - started
-        best, spent = min(best, seconds), spent + seconds
-        if spent + best > budget:
-            break
-    return best
-
-
-def _example_row(metadata: BundleMetadata) -> list[Value] | None:
-    if metadata.example is None:
-        return None
-    try:
-        return rows_from_instances(
-            metadata, [metadata.example], max_rows=1, max_string_length=1_000_000
-        )[0]
-    except InvalidInput:
-        return None

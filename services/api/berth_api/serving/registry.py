@@ -25,6 +25,7 @@ from berth_api.serving.batching import ModelBatcher
 from berth_api.serving.cache_policy import CachePolicy, decide
 from berth_api.serving.compiled import CompiledPredictor, NotCompiled
 from berth_api.serving.predictor import Predictor, Predicts
+from berth_api.serving.timing import time_model
 from berth_common.settings import ApiSettings
 
 logger = logging.getLogger(__name__)
@@ -83,12 +84,11 @@ class ModelRegistry:
                     registry.failures[key] = str(exc)
                     continue
                 predictor = choose_predictor(bundle, settings)
+                timing = time_model(predictor, bundle.metadata, batch_rows=settings.batch_max_size)
                 cache = decide(
-                    predictor,
-                    bundle.metadata,
+                    timing,
                     enabled=settings.cache_enabled,
                     min_row_seconds=settings.cache_min_row_us / 1e6,
-                    batch_rows=settings.batch_max_size,
                 )
                 batcher = ModelBatcher(
                     predictor,
@@ -97,6 +97,7 @@ class ModelRegistry:
                     metrics=metrics,
                     max_size=settings.batch_max_size,
                     max_wait_seconds=settings.batch_max_wait_ms / 1000.0,
+                    timing=timing,
                 )
                 registry.models[(name, bundle.version)] = ServedModel(bundle, batcher, cache)
                 logger.info(
