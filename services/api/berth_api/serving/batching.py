@@ -20,8 +20,9 @@ and each call at most twice the estimate, so that one call that was preempted do
 quick model to its thread.
 In the thread the clock would count the wait for the GIL, which the event loop holds under load
 for up to the interpreter's switch interval (5 ms): by the clock, a compiled model's 400 µs call
-of 100 rows took milliseconds there, so that size stayed in the thread for good (under `make
-profile`'s batch load, every model call ran there). The CPU time leaves out what the model
+of 100 rows took milliseconds there, so that size stayed in the thread until a call happened to
+get the GIL at once (under `make profile`'s batch load, half the model's time was spent in the
+thread). The CPU time leaves out what the model
 waits for, which is why the load-time figure is the floor: a model whose own threads do the
 work, or that waits for something, is still known to be slow.
 
