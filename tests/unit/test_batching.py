@@ -142,3 +142,12 @@ def test_an_untimed_model_waiting_in_its_thread_stays_there() -> None:
     # thread is the safe side for a model nothing is known of
     model = WaitingModel(INLINE_BUDGET_SECONDS * 3, slow_calls=0)
     assert calls_on_loop(model, [[[1.0, 2.0]]] * 4) == [False] * 4
+
+
+def test_a_size_the_load_time_timing_did_not_cover_is_timed_by_the_clock_in_its_thread() -> None:
+    # one row was timed (slow: no full batch was tried); two rows have no floor, so their
+    # calls, waiting in the thread without CPU, are timed by the clock and stay there
+    model = WaitingModel(INLINE_BUDGET_SECONDS * 3, slow_calls=0)
+    timing = ModelTiming(alone_seconds=INLINE_BUDGET_SECONDS * 3, batch_rows=64)
+    two: list[list[Value]] = [[1.0, 2.0], [3.0, 4.0]]
+    assert calls_on_loop(model, [two] * 4, timing) == [False] * 4

@@ -18,16 +18,18 @@ with it. The second is its recent time for calls of about that many rows (the sa
 two), measured on every call: on the loop by the clock, in the thread by the thread's CPU time,
 and each call at most twice the estimate, so that one call that was preempted does not send a
 quick model to its thread.
+
 In the thread the clock would count the wait for the GIL, which the event loop holds under load
 for up to the interpreter's switch interval (5 ms): by the clock, a compiled model's 400 µs call
 of 100 rows took milliseconds there, so that size stayed in the thread until a call happened to
 get the GIL at once (under `make profile`'s batch load, half the model's time was spent in the
-thread). The CPU time leaves out what the model
-waits for, which is why the load-time figure is the floor: a model whose own threads do the
-work, or that waits for something, is still known to be slow.
+thread). The CPU time leaves out what the model waits for, which is why the load-time figure is
+the floor: a model whose own threads do the work, or that waits for something, is still known
+to be slow.
 
-A model that was not timed at load has no floor; its calls of a size not measured yet go to the
-thread, and there they are measured by the clock, which errs towards the thread.
+A call size the load-time timing does not cover (a model not timed at all, or one too slow to
+time in a full batch, for more than one row) has no floor: not yet measured, it goes to the
+thread, and there it is measured by the clock, which errs towards the thread.
 """
 
 from __future__ import annotations
@@ -66,11 +68,6 @@ class ModelBatcher:
     ) -> None:
         self.predictor = predictor
         self._timing = timing or ModelTiming()
-        # in the thread, a call is timed by the thread's CPU only when the load-time floor
-        # stands behind it (see the module's docstring)
-        self._thread_clock = (
-            time.thread_time if self._timing.alone_seconds is not None else time.perf_counter
-        )
         self._name, self._version = name, version
         self._metrics = metrics
         # One thread: calls to one model are serial, which is what lets requests queue up and
@@ -105,10 +102,12 @@ class ModelBatcher:
         if self.expected_seconds(rows) <= INLINE_BUDGET_SECONDS:
             answers = self._timed(requests, rows, time.perf_counter)
         else:
-            loop = asyncio.get_running_loop()
-            answers = await loop.run_in_executor(
-                self._executor, self._timed, requests, rows, self._thread_clock
+            # by the thread's CPU only where the load-time floor stands behind it
+            clock = (
+                time.perf_counter if self._timing.call_seconds(rows) is None else time.thread_time
             )
+            loop = asyncio.get_running_loop()
+            answers = await loop.run_in_executor(self._executor, self._timed, requests, rows, clock)
         self._metrics.record_model_call(
             self._name, self._version, self.engine, rows, time.perf_counter() - started
         )
