@@ -7,8 +7,11 @@ up, or this brings it up with `make up`'s settings and tears it down after, unle
 with wrk, distinct rows at PROFILE_CONNECTIONS
 (64) connections, and meanwhile samples every API process with py-spy, run in a container of its
 own that shares the api container's process namespace (the image and the code measured are
-untouched). py-spy samples only threads that are running, so the figures are shares of the
-CPU the API spends, not of wall time.
+untouched). py-spy means to sample only threads that are running, so that the figures are shares
+of the CPU the API spends, not of wall time. In the api container it has counted blocked threads
+as running (the model's thread waiting for work, uvicorn's health-check thread reading its pipe),
+so stacks whose top frame is such a wait (`IDLE_WAITS`) are left out of the shares, and their
+count is printed.
 
 Writes bench-results/profile-<time>.txt, the collapsed stacks (one line per distinct stack with
 its sample count: what speedscope.app and inferno-flamegraph read), and prints the frames that
@@ -55,6 +58,18 @@ TOP = 25
 FRAME = re.compile(r"^(?P<function>.*) \((?P<file>[^()]*?)(?::\d+)?\)$")
 # where a file's package starts in a path: after site-packages/, or the stdlib's directory
 PACKAGE = re.compile(r"(?:site-packages|dist-packages|python3\.\d+)/(?P<package>[^/]+)")
+# Frames that, on top of a stack, mean the thread is blocked, not running: (function or method
+# name, without its class; the end of its file's path). A thread pool's worker waiting for work
+# (its work runs in a frame above `_worker`), a condition or event waited on, uvicorn's
+# health-check thread reading its pipe, a selector's poll (the supervisor, the metrics server).
+IDLE_WAITS = frozenset(
+    {
+        ("_worker", "concurrent/futures/thread.py"),
+        ("wait", "threading.py"),
+        ("_recv", "multiprocessing/connection.py"),
+        ("select", "selectors.py"),
+    }
+)
 
 
 MAKE = ["make", "--no-print-directory", f"COMPOSE={' '.join(COMPOSE)}"]
@@ -113,25 +128,47 @@ def package_of(frame: str) -> str:
     return path.split("/")[0] or path
 
 
+def is_idle(frame: str) -> bool:
+    """Whether `frame`, on top of a stack, is a thread waiting (see IDLE_WAITS)."""
+    match = FRAME.match(frame)
+    if match is None:
+        return False
+    function = match.group("function").rpartition(".")[2]  # py-spy writes Class.method
+    path = match.group("file")
+    return any(function == name and path.endswith(file) for name, file in IDLE_WAITS)
+
+
 def summary(stacks: list[tuple[list[str], int]]) -> list[str]:
-    total = sum(count for _, count in stacks) or 1
     own: Counter[str] = Counter()
     below: Counter[str] = Counter()
     packages: Counter[str] = Counter()
+    idle = native = 0
     for frames, count in stacks:
         # py-spy's raw stacks start with the process and thread: keep only code frames
         code = [f for f in frames if FRAME.match(f)]
-        if not code:
+        if not code:  # a thread with no Python on its stack (a library's own thread)
+            native += count
+            continue
+        if is_idle(code[-1]):
+            idle += count
             continue
         own[code[-1]] += count
         packages[package_of(code[-1])] += count
         for frame in set(code):
             below[frame] += count
 
+    running = sum(own.values()) + native
+    total = running or 1
+
     def share(count: int) -> str:
         return f"{100 * count / total:5.1f} %"
 
-    lines = [f"{total:,} samples of running API threads", "", "## self (the frame on top)"]
+    lines = [
+        f"{running:,} samples of running API threads, {native:,} of them with no Python frame "
+        f"({idle:,} more of threads waiting, left out)",
+        "",
+        "## self (the frame on top)",
+    ]
     lines += [f"{share(c)}  {frame}" for frame, c in own.most_common(TOP)]
     lines += ["", "## inclusive (the frame anywhere in the stack)"]
     lines += [f"{share(c)}  {frame}" for frame, c in below.most_common(TOP)]
