@@ -35,8 +35,8 @@ logger = logging.getLogger(__name__)
 class ServedModel:
     bundle: ModelBundle
     batcher: ModelBatcher
-    # whether its answers are cached (CACHE_ENABLED, and the model's time per row: cache_policy)
-    cache: CachePolicy
+    # whether its answers are cached (CACHE_ENABLED, and the model's time per row)
+    cache_policy: CachePolicy
 
     @property
     def predictor(self) -> Predicts:
@@ -85,7 +85,7 @@ class ModelRegistry:
                     continue
                 predictor = choose_predictor(bundle, settings)
                 timing = time_model(predictor, bundle.metadata, batch_rows=settings.batch_max_size)
-                cache = decide(
+                cache_policy = decide(
                     timing,
                     enabled=settings.cache_enabled,
                     min_row_seconds=settings.cache_min_row_us / 1e6,
@@ -99,14 +99,14 @@ class ModelRegistry:
                     max_wait_seconds=settings.batch_max_wait_ms / 1000.0,
                     timing=timing,
                 )
-                registry.models[(name, bundle.version)] = ServedModel(bundle, batcher, cache)
+                registry.models[(name, bundle.version)] = ServedModel(bundle, batcher, cache_policy)
                 logger.info(
                     "loaded bundle %s from %s (%s); its answers %s cached: %s",
                     key,
                     bundle_dir,
                     batcher.engine,
-                    "are" if cache.cache else "are not",
-                    cache.reason,
+                    "are" if cache_policy.cache else "are not",
+                    cache_policy.reason,
                 )
             registry.resolved[name] = versions[-1].name
         registry.resolved.update(settings.version_pins)

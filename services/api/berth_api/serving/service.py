@@ -72,7 +72,7 @@ class PredictionService:
         rows = rows_from_instances(
             metadata, instances, max_rows=self._max_rows, max_string_length=self._max_string_length
         )
-        cache = served.cache.cache
+        cache = served.cache_policy.cache
         digests = [row_digest(row) for row in rows] if cache or idempotent else []
         keys = (
             [self._keys.cache(metadata.name, metadata.version, d) for d in digests] if cache else []
@@ -84,7 +84,7 @@ class PredictionService:
                 fingerprint(metadata.name, metadata.version, digests),
                 uuid.uuid4().hex,
             )
-        lookup = await self._lookup(cache, keys, claim, len(rows))
+        lookup = await self._lookup(keys, claim, len(rows))
         if cache:
             hits = sum(output is not None for output in lookup.outputs)
             labels = (metadata.name, metadata.version)
@@ -99,7 +99,7 @@ class PredictionService:
             if answer is not None:
                 self._metrics.idempotency.inc(("replayed",))
                 return answer
-            lookup = await self._lookup(cache, keys, claim, len(rows))  # the first gave it up
+            lookup = await self._lookup(keys, claim, len(rows))  # the first gave it up
             if lookup.held_by is not None:
                 self._metrics.idempotency.inc(("conflict",))
                 raise _in_progress(request_id)
@@ -118,12 +118,14 @@ class PredictionService:
                 await self._gateway.release(owned)
             raise
 
-    async def _lookup(self, cache: bool, keys: list[str], claim: Claim | None, rows: int) -> Lookup:
-        """The request's first round trip; none at all with the cache off and no id to claim."""
-        if cache:
+    async def _lookup(self, keys: list[str], claim: Claim | None, rows: int) -> Lookup:
+        """The request's first round trip (keys: one per row, or none with the cache off); none
+        at all with neither keys nor an id to claim."""
+        if keys:
             return await self._gateway.lookup(keys, claim)
-        found = await self._gateway.lookup([], claim) if claim is not None else Lookup([])
-        return replace(found, outputs=[None] * rows)
+        if claim is None:
+            return Lookup([None] * rows)
+        return replace(await self._gateway.lookup([], claim), outputs=[None] * rows)
 
     async def _serve(
         self,

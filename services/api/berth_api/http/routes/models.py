@@ -51,7 +51,7 @@ async def get_model_version(name: str, version: str, state: State) -> ModelDetai
 
 
 def _details(served: ServedModel) -> ModelDetails:
-    policy = served.cache
+    policy = served.cache_policy
     serving = Serving(
         engine=served.batcher.engine,
         cache=policy.cache,
