@@ -695,6 +695,12 @@ def headline(results: dict[str, Any]) -> list[str]:
             f" API's {defaults['cpu_us_per_request']}: clients on other machines, or"
             ' `"userland-proxy": false` in the Docker daemon, skip it (README, Performance)'
         )
+    else:
+        goals["defaults_docker_proxy_cpu_us_per_request"] = None
+        lines.append(
+            "  - no docker-proxy for the published port on this host: the daemon runs with"
+            ' `"userland-proxy": false` (the kernel forwards the port), or in a VM, out of sight'
+        )
 
     def best_of(prefix: str) -> tuple[str, dict[str, Any]] | None:
         found = [(n, p) for n, p in peers.items() if n.startswith(prefix)]
