@@ -14,7 +14,7 @@ from typing import Any, Protocol
 
 from berth_api.bundles.bundle import BundleMetadata
 from berth_api.errors import ErrorStyle, FieldError, InvalidInput
-from berth_api.schemas import PredictResponse
+from berth_api.serving.answer import Answer
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,7 +45,7 @@ class Door(Protocol):
 
     def parse(self, request: DoorRequest, metadata: BundleMetadata, limits: Limits) -> Parsed: ...
 
-    def render(self, answer: PredictResponse, parsed: Parsed) -> bytes: ...
+    def render(self, answer: Answer, parsed: Parsed) -> bytes: ...
 
 
 def rows_from_columns(columns: dict[str, Any], where: str) -> list[dict[str, Any]]:

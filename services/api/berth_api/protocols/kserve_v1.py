@@ -17,7 +17,7 @@ from berth_api.bundles.bundle import BundleMetadata
 from berth_api.errors import ErrorStyle, FieldError, InvalidInput
 from berth_api.protocols.door import DoorRequest, Limits, Parsed, rows_from_columns
 from berth_api.protocols.json_body import load_json, require_json
-from berth_api.schemas import PredictResponse
+from berth_api.serving.answer import Answer
 
 FORMATS = ("instances", "inputs")
 # TensorFlow Serving clients may name a signature; a scikit-learn model has only one.
@@ -31,7 +31,7 @@ class KServeV1Door:
         require_json(request.content_type)
         return Parsed(instances_from_document(load_json(request.body)))
 
-    def render(self, answer: PredictResponse, parsed: Parsed) -> bytes:
+    def render(self, answer: Answer, parsed: Parsed) -> bytes:
         return orjson.dumps({"predictions": [row.label for row in answer.predictions]})
 
 

@@ -23,7 +23,7 @@ from berth_api.errors import (
 )
 from berth_api.protocols.door import DoorRequest, Limits, Parsed, rows_from_columns
 from berth_api.protocols.json_body import is_json, load_json
-from berth_api.schemas import PredictResponse
+from berth_api.serving.answer import Answer
 
 FORMATS = ("dataframe_split", "dataframe_records", "instances", "inputs")
 
@@ -34,7 +34,7 @@ class MlflowDoor:
     def parse(self, request: DoorRequest, metadata: BundleMetadata, limits: Limits) -> Parsed:
         return Parsed(instances_from_body(metadata, request.body, request.content_type))
 
-    def render(self, answer: PredictResponse, parsed: Parsed) -> bytes:
+    def render(self, answer: Answer, parsed: Parsed) -> bytes:
         return orjson.dumps({"predictions": [row.label for row in answer.predictions]})
 
 

@@ -14,7 +14,8 @@ from berth_api.bundles.bundle import BundleMetadata
 from berth_api.errors import ErrorStyle, invalid_body
 from berth_api.protocols.door import DoorRequest, Limits, Parsed
 from berth_api.protocols.json_body import load_json, require_json
-from berth_api.schemas import DefaultPredictRequest, PredictRequest, PredictResponse
+from berth_api.schemas import DefaultPredictRequest, PredictRequest
+from berth_api.serving.answer import Answer
 
 
 class RestDoor:
@@ -35,8 +36,8 @@ class RestDoor:
             instances = _validated(self._model, document)
         return Parsed(instances)
 
-    def render(self, answer: PredictResponse, parsed: Parsed) -> bytes:
-        return answer.model_dump_json().encode()
+    def render(self, answer: Answer, parsed: Parsed) -> bytes:
+        return answer.json()
 
 
 def plain_instances(document: Any, *, default_route: bool) -> list[Any] | None:

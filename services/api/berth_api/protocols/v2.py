@@ -24,7 +24,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from berth_api.bundles.bundle import BundleMetadata, FeatureType, Label
 from berth_api.errors import ErrorStyle, FieldError, InvalidInput, MalformedRequest, invalid_body
 from berth_api.protocols.door import DoorRequest, Limits, Parsed
-from berth_api.schemas import PredictResponse
+from berth_api.serving.answer import Answer
 
 Datatype = Literal[
     "BOOL",
@@ -160,7 +160,7 @@ class V2Door:
         instances = instances_from_request(metadata, inference, limits)
         return Parsed(instances, (inference, metadata))
 
-    def render(self, answer: PredictResponse, parsed: Parsed) -> bytes:
+    def render(self, answer: Answer, parsed: Parsed) -> bytes:
         inference, metadata = parsed.context
         return response_from_prediction(answer, metadata, inference).model_dump_json().encode()
 
@@ -334,7 +334,7 @@ def instances_from_request(
 
 
 def response_from_prediction(
-    prediction: PredictResponse,
+    prediction: Answer,
     metadata: BundleMetadata,
     request: InferenceRequest,
 ) -> InferenceResponse:
