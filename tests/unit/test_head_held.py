@@ -69,3 +69,22 @@ def test_closing_sends_the_held_head_first_and_later_writes_pass_through() -> No
     recording = asyncio.run(run())
     assert recording.writes == [b"chunk that is not a head", HEAD]
     assert recording.closed
+
+
+def test_one_transport_carries_a_connections_responses_one_after_another() -> None:
+    """The protocol makes one per connection: a kept-alive connection's responses each leave in
+    one write, in order, a bodiless one included."""
+
+    async def run() -> list[bytes]:
+        recording = RecordingTransport()
+        transport = held(recording)
+        transport.write(HEAD)
+        transport.write(b"{}")
+        transport.write(HEAD)  # a HEAD request's answer: no body follows
+        await asyncio.sleep(0)
+        transport.write(HEAD)
+        transport.write(b"[]")
+        await asyncio.sleep(0)
+        return recording.writes
+
+    assert asyncio.run(run()) == [HEAD + b"{}", HEAD, HEAD + b"[]"]
