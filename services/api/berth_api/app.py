@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import gc
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any, cast
@@ -40,6 +39,7 @@ from berth_api.monitor import monitor_forever, record_models
 from berth_api.monitoring import ApiMetrics
 from berth_api.serving.registry import ModelRegistry
 from berth_api.serving.service import PredictionService
+from berth_common.heap import settle_heap
 from berth_common.logconfig import configure_logging
 from berth_common.metrics import MergedCollector, SnapshotDirectory
 from berth_common.settings import ApiSettings, load_or_exit
@@ -140,17 +140,16 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
             idempotency_ttl_seconds=settings.idempotency_ttl_seconds,
             idempotency_wait_seconds=settings.idempotency_wait_seconds,
         )
-        # Everything loaded so far (libraries, models) lives as long as the process: moved out of
-        # the collector's sight, a full collection no longer walks it, which under load had
-        # stalled requests for 100 ms and more.
         monitor = asyncio.create_task(
             monitor_forever(metrics, snapshots, settings, redis, gateway, stop)
         )
         # what each loaded version answers and its training reference, for the SQL views
         bundles = [served.bundle.metadata for served in registry.models.values()]
         versions = asyncio.create_task(record_versions_forever(engine, bundles, stop))
-        gc.collect()
-        gc.freeze()
+        # Everything loaded so far (libraries, models) lives as long as the process: moved out of
+        # the collector's sight, a full collection no longer walks it, which under load had
+        # stalled requests for 100 ms and more; and requests in flight no longer set it off.
+        settle_heap()
         yield {
             "berth": ApiState(
                 settings, registry, service, redis, engine, gateway, metrics_registry, policy

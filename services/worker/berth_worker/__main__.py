@@ -8,7 +8,6 @@ would wait for its timeout and then kill the worker in the middle of a batch.
 from __future__ import annotations
 
 import argparse
-import gc
 import logging
 import signal
 import sys
@@ -17,6 +16,7 @@ from types import FrameType
 
 from prometheus_client import CollectorRegistry, start_http_server
 
+from berth_common.heap import settle_heap
 from berth_common.logconfig import configure_logging
 from berth_common.metrics import MergedCollector
 from berth_common.settings import WorkerSettings, load_or_exit
@@ -101,8 +101,9 @@ def run(settings: WorkerSettings) -> int:
     ShutdownHandler(consumer).install()
     # Every batch makes thousands of short-lived objects, and each full collection they trigger
     # would walk every object of the libraries imported above, about a tenth of the worker's CPU
-    # while it drains a backlog. Those objects live as long as the process: leave them out.
-    gc.freeze()
+    # while it drains a backlog. Those objects live as long as the process: leave them out, and
+    # let a batch's objects come and go without a collection.
+    settle_heap()
     try:
         try:
             consumer.run()
