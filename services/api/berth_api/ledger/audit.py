@@ -22,13 +22,14 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import redis
-from sqlalchemy import create_engine, func, select
+from sqlalchemy import Connection, create_engine, func, select, text
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import SQLAlchemyError
 
@@ -70,15 +71,63 @@ def audit(
     # The counters are per minute: whole minutes, so every source counts the same rows.
     since, until = _whole_minutes(since, until)
     spooled = _in_range(spooled_records(LedgerSpool(settings.spool_dir)), since, until)
+    served = served_rows(client, settings.keys, since, until) + spooled
+    waiting = [
+        (entry_id, [r for r in _records(fields) if since <= r.served_at < until])
+        for entry_id, fields in _waiting_entries(client, settings)
+        if not is_feedback_entry(fields)
+    ]
+    with _snapshot(engine) as connection:
+        stored = stored_rows(connection, since, until)
+        dead_lettered = dead_lettered_rows(connection, since, until)
+        settled = _settled(connection, waiting)
     return Books(
         since=since.isoformat(),
         until=until.isoformat(),
-        served=served_rows(client, settings.keys, since, until) + spooled,
-        stored=stored_rows(engine, since, until),
-        pending=_in_range(pending_records(client, settings), since, until),
+        served=served,
+        stored=stored,
+        pending=sum(len(records) for _, records in waiting) - settled,
         spooled=spooled,
-        dead_lettered=dead_lettered_rows(engine, since, until),
+        dead_lettered=dead_lettered,
     )
+
+
+@contextmanager
+def _snapshot(engine: Engine) -> Iterator[Connection]:
+    """One view of the tables, read after the stream: a worker stores an entry's rows before it
+    acknowledges the entry, so an entry no longer waiting is in this view, and one still waiting
+    when the stream was read may be in it as well (`_settled`). Counted table by table, as the
+    worker went on meanwhile, rows it stored between two counts were in neither."""
+    with engine.connect() as connection:
+        connection.execution_options(isolation_level="REPEATABLE READ")
+        with connection.begin():
+            yield connection
+
+
+def _settled(connection: Connection, waiting: list[tuple[str, list[PredictionRecord]]]) -> int:
+    """The rows of waiting entries that the view has already stored or dead-lettered."""
+    if not waiting:
+        return 0
+    dead = set(
+        connection.execute(
+            text(
+                f"SELECT stream_id FROM {ledger_dead_letters.name} "  # noqa: S608
+                "WHERE stream_id = ANY(CAST(:ids AS text[]))"
+            ),
+            {"ids": [entry_id for entry_id, _ in waiting]},
+        ).scalars()
+    )
+    rows = [record for entry_id, records in waiting if entry_id not in dead for record in records]
+    stored = connection.execute(
+        text(
+            f"SELECT count(*) FROM {predictions.name} p "  # noqa: S608
+            "JOIN unnest(CAST(:ids AS text[]), CAST(:rows AS integer[])) "
+            "AS k(request_id, row_index) "
+            "ON p.request_id = k.request_id AND p.row_index = k.row_index"
+        ),
+        {"ids": [r.request_id for r in rows], "rows": [r.row_index for r in rows]},
+    ).scalar_one()
+    return int(stored) + sum(len(records) for entry_id, records in waiting if entry_id in dead)
 
 
 @dataclass(frozen=True)
@@ -107,18 +156,22 @@ def audit_feedback(
     """The books of feedback rows received in the range (whole minutes, as for predictions)."""
     since, until = _whole_minutes(since, until)
     spooled = _received_in(spooled_feedback(LedgerSpool(settings.spool_dir)), since, until)
-    with engine.connect() as connection:
+    received = received_rows(client, settings.keys, since, until) + spooled
+    waiting = list(pending_feedback(client, settings))
+    with _snapshot(engine) as connection:
         stored = _count_received(connection, feedback, since, until)
         duplicates = _count_received(connection, feedback_duplicates, since, until)
+        dead_lettered = dead_lettered_feedback(connection, since, until)
+        pending = _received_in(_not_stored(connection, waiting), since, until)
     return FeedbackBooks(
         since=since.isoformat(),
         until=until.isoformat(),
-        received=received_rows(client, settings.keys, since, until) + spooled,
+        received=received,
         stored=stored,
         duplicates=duplicates,
-        pending=_received_in(_not_stored(engine, pending_feedback(client, settings)), since, until),
+        pending=pending,
         spooled=spooled,
-        dead_lettered=dead_lettered_feedback(engine, since, until),
+        dead_lettered=dead_lettered,
     )
 
 
@@ -141,7 +194,7 @@ def received_rows(client: redis.Redis, keys: RedisKeys, since: datetime, until: 
 
 def pending_feedback(client: redis.Redis, settings: ApiSettings) -> Iterable[FeedbackRecord]:
     """Feedback rows of entries no worker has acknowledged."""
-    for fields in _waiting_entries(client, settings):
+    for _, fields in _waiting_entries(client, settings):
         if is_feedback_entry(fields):
             yield from _feedback_records(fields)
 
@@ -152,11 +205,11 @@ def spooled_feedback(spool: LedgerSpool) -> Iterable[FeedbackRecord]:
             yield from _feedback_records(fields)
 
 
-def dead_lettered_feedback(engine: Engine, since: datetime, until: datetime) -> int:
+def dead_lettered_feedback(connection: Connection, since: datetime, until: datetime) -> int:
     """Feedback rows of dead letters received in the range (a dead letter holds only the rows
     that were not stored); a feedback entry too broken to say counts once if it failed within."""
     total = 0
-    for fields, failed_at in _dead_letters(engine):
+    for fields, failed_at in _dead_letters(connection):
         if fields is None or not is_feedback_entry(fields):
             continue
         try:
@@ -168,25 +221,24 @@ def dead_lettered_feedback(engine: Engine, since: datetime, until: datetime) -> 
     return total
 
 
-def _not_stored(engine: Engine, records: Iterable[FeedbackRecord]) -> list[FeedbackRecord]:
+def _not_stored(connection: Connection, waiting: list[FeedbackRecord]) -> list[FeedbackRecord]:
     """Pending rows less those stored already: an entry waiting for one row's prediction keeps
-    its other rows, stored at its first delivery, in the stream until it is acknowledged."""
-    waiting = list(records)
+    its other rows, stored at its first delivery, in the stream until it is acknowledged; and
+    the worker may have stored an entry since the stream was read."""
     if not waiting:
         return waiting
     ids = [record.feedback_id for record in waiting]
-    with engine.connect() as connection:
-        done = set(
-            connection.execute(
-                select(feedback.c.feedback_id)
-                .where(feedback.c.feedback_id.in_(ids))
-                .union_all(
-                    select(feedback_duplicates.c.feedback_id).where(
-                        feedback_duplicates.c.feedback_id.in_(ids)
-                    )
+    done = set(
+        connection.execute(
+            select(feedback.c.feedback_id)
+            .where(feedback.c.feedback_id.in_(ids))
+            .union_all(
+                select(feedback_duplicates.c.feedback_id).where(
+                    feedback_duplicates.c.feedback_id.in_(ids)
                 )
-            ).scalars()
-        )
+            )
+        ).scalars()
+    )
     return [record for record in waiting if record.feedback_id not in done]
 
 
@@ -225,23 +277,16 @@ def _counted(
     return total
 
 
-def stored_rows(engine: Engine, since: datetime, until: datetime) -> int:
+def stored_rows(connection: Connection, since: datetime, until: datetime) -> int:
     query = select(func.count()).where(
         predictions.c.served_at >= since, predictions.c.served_at < until
     )
-    with engine.connect() as connection:
-        return int(connection.execute(query).scalar_one())
+    return int(connection.execute(query).scalar_one())
 
 
-def pending_records(client: redis.Redis, settings: ApiSettings) -> Iterable[PredictionRecord]:
-    """Records of entries no worker has acknowledged: never delivered, or delivered and pending."""
-    for fields in _waiting_entries(client, settings):
-        if not is_feedback_entry(fields):
-            yield from _records(fields)
-
-
-def _waiting_entries(client: redis.Redis, settings: ApiSettings) -> Iterable[Any]:
-    """The fields of every entry no worker has acknowledged, once each."""
+def _waiting_entries(client: redis.Redis, settings: ApiSettings) -> Iterable[tuple[str, Any]]:
+    """The id and fields of every entry no worker has acknowledged (never delivered, or
+    delivered and pending), once each."""
     stream, group = settings.ledger_stream, settings.ledger_group
     try:
         groups = client.xinfo_groups(stream)
@@ -251,13 +296,15 @@ def _waiting_entries(client: redis.Redis, settings: ApiSettings) -> Iterable[Any
         (_text(g["last-delivered-id"]) for g in groups if _text(g["name"]) == group), None
     )
     start = "-" if last_delivered is None else f"({last_delivered}"
-    yield from (fields for _, fields in client.xrange(stream, min=start, max="+") or [])
+    for entry_id, fields in client.xrange(stream, min=start, max="+") or []:
+        yield _text(entry_id), fields
     if last_delivered is None:
         return  # no worker has read anything yet: every entry was counted above
     pending = client.xpending_range(stream, group, min="-", max="+", count=1_000_000)
     for row in pending:
         entry_id = _text(row["message_id"])
-        yield from (fields for _, fields in client.xrange(stream, min=entry_id, max=entry_id) or [])
+        for _, fields in client.xrange(stream, min=entry_id, max=entry_id) or []:
+            yield entry_id, fields
 
 
 def spooled_records(spool: LedgerSpool) -> Iterable[PredictionRecord]:
@@ -277,11 +324,11 @@ def _spooled_entries(spool: LedgerSpool) -> Iterable[Any]:
                 yield json.loads(line)
 
 
-def dead_lettered_rows(engine: Engine, since: datetime, until: datetime) -> int:
+def dead_lettered_rows(connection: Connection, since: datetime, until: datetime) -> int:
     """Rows of dead-lettered entries served in the range; an entry too broken to say counts once
     if it failed within the range. Feedback entries have books of their own."""
     total = 0
-    for fields, failed_at in _dead_letters(engine):
+    for fields, failed_at in _dead_letters(connection):
         if fields is not None and is_feedback_entry(fields):
             continue
         try:
@@ -295,13 +342,12 @@ def dead_lettered_rows(engine: Engine, since: datetime, until: datetime) -> int:
     return total
 
 
-def _dead_letters(engine: Engine) -> list[tuple[Any, datetime]]:
+def _dead_letters(connection: Connection) -> list[tuple[Any, datetime]]:
     """Each dead letter's entry fields (None when its payload is not a JSON object), and when
     it failed."""
-    with engine.connect() as connection:
-        rows = connection.execute(
-            select(ledger_dead_letters.c.payload, ledger_dead_letters.c.failed_at)
-        ).all()
+    rows = connection.execute(
+        select(ledger_dead_letters.c.payload, ledger_dead_letters.c.failed_at)
+    ).all()
     letters: list[tuple[Any, datetime]] = []
     for payload, failed_at in rows:
         try:
