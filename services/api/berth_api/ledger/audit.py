@@ -391,7 +391,8 @@ def render(books: Books) -> str:
             ("dead-lettered", books.dead_lettered),
             ("unaccounted", books.unaccounted),
         ],
-        " (a surplus of served rows can be client retries that reused a request id)",
+        " (a surplus of served rows can be client retries that reused a request id, or appends"
+        " made again after Redis answered too late)",
     )
 
 
